@@ -1,0 +1,1 @@
+"""Study assembly: when is a study complete."""

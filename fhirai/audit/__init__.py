@@ -1,0 +1,1 @@
+"""Audit: the per-item timeline of hand-offs."""

@@ -1,0 +1,1 @@
+"""De-identification: PS3.15 profile, keyed pseudonyms, the re-identification vault."""

@@ -1,0 +1,1 @@
+"""Ingest: durable receive of DICOM instances (and, later, messages and resources)."""

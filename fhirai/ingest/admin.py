@@ -1,0 +1,47 @@
+from __future__ import annotations
+
+from django.contrib import admin
+from django.utils.html import format_html_join
+
+from fhirai.audit.timeline import events_for
+from fhirai.ingest.models import Instance, Rejection, Study
+
+
+@admin.register(Study)
+class StudyAdmin(admin.ModelAdmin):
+    list_display = (
+        "id",
+        "study_pseudonym",
+        "state",
+        "instance_count",
+        "modalities",
+        "calling_ae",
+        "last_received_at",
+        "state_changed_at",
+    )
+    list_filter = ("state", "modalities", "calling_ae")
+    search_fields = ("patient_pseudonym", "study_pseudonym", "=patient_id", "=accession_number")
+    readonly_fields = [f.name for f in Study._meta.fields] + ["timeline"]
+
+    @admin.display(description="timeline")
+    def timeline(self, study: Study) -> str:
+        return format_html_join(
+            "",
+            "<div>{} &nbsp; <b>{}</b> {} <span style='color:#b00'>{}</span></div>",
+            (
+                (e.at.isoformat(timespec="milliseconds"), e.event, e.detail, e.error)
+                for e in events_for("study", study.pk)
+            ),
+        )
+
+
+@admin.register(Instance)
+class InstanceAdmin(admin.ModelAdmin):
+    list_display = ("id", "study_id", "modality", "transfer_syntax_uid", "size", "received_at")
+    readonly_fields = [f.name for f in Instance._meta.fields]
+
+
+@admin.register(Rejection)
+class RejectionAdmin(admin.ModelAdmin):
+    list_display = ("id", "protocol", "peer", "code", "detail", "received_at")
+    readonly_fields = [f.name for f in Rejection._meta.fields]

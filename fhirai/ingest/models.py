@@ -1,0 +1,89 @@
+from __future__ import annotations
+
+from django.db import models
+
+
+class StudyState(models.TextChoices):
+    RECEIVING = "receiving"
+    COMPLETE = "complete"
+    DEIDENTIFIED = "deidentified"
+    QUEUED = "queued"
+    REPORTED = "reported"
+    WRITTEN_BACK = "written_back"
+    NO_MODEL = "no_model"
+    FAILED = "failed"
+
+
+class Study(models.Model):
+    """A DICOM study as received (identified: this row stays on the trusted side)."""
+
+    study_uid = models.CharField(max_length=64, unique=True)
+    state = models.CharField(max_length=16, choices=StudyState.choices, default=StudyState.RECEIVING)
+    state_changed_at = models.DateTimeField()
+    revision = models.PositiveIntegerField(default=1)
+    error = models.TextField(blank=True, default="")
+    # Header facts from the first instance, for linking, routing and write-back.
+    patient_id = models.CharField(max_length=64, blank=True, default="")
+    issuer_of_patient_id = models.CharField(max_length=64, blank=True, default="")
+    patient_name = models.CharField(max_length=324, blank=True, default="")
+    patient_birth_date = models.CharField(max_length=8, blank=True, default="")
+    patient_sex = models.CharField(max_length=16, blank=True, default="")
+    accession_number = models.CharField(max_length=16, blank=True, default="")
+    study_date = models.CharField(max_length=8, blank=True, default="")
+    study_time = models.CharField(max_length=16, blank=True, default="")
+    study_description = models.CharField(max_length=64, blank=True, default="")
+    body_part = models.CharField(max_length=16, blank=True, default="")
+    modalities = models.CharField(max_length=64, blank=True, default="")
+    calling_ae = models.CharField(max_length=16, blank=True, default="")
+    # Pseudonyms (safe for logs and the inference tier).
+    patient_pseudonym = models.CharField(max_length=64, blank=True, default="")
+    study_pseudonym = models.CharField(max_length=64, blank=True, default="")
+    instance_count = models.PositiveIntegerField(default=0)
+    first_received_at = models.DateTimeField()
+    last_received_at = models.DateTimeField()
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["state", "last_received_at"]),
+            models.Index(fields=["state", "state_changed_at"]),
+            models.Index(fields=["patient_id"]),
+            models.Index(fields=["accession_number"]),
+        ]
+        verbose_name_plural = "studies"
+
+    def __str__(self) -> str:
+        return f"study {self.pk} ({self.study_pseudonym or 'no pseudonym yet'})"
+
+
+class Instance(models.Model):
+    """One received SOP instance; its bytes are in the blob store exactly as received."""
+
+    study = models.ForeignKey(Study, on_delete=models.CASCADE, related_name="instances")
+    sop_instance_uid = models.CharField(max_length=64, unique=True)
+    sop_class_uid = models.CharField(max_length=64)
+    series_uid = models.CharField(max_length=64)
+    modality = models.CharField(max_length=16, blank=True, default="")
+    transfer_syntax_uid = models.CharField(max_length=64)
+    blob_key = models.CharField(max_length=128)
+    size = models.PositiveBigIntegerField()
+    revision = models.PositiveIntegerField(default=1)
+    received_at = models.DateTimeField()
+    calling_ae = models.CharField(max_length=16, blank=True, default="")
+    deid_blob_key = models.CharField(max_length=128, blank=True, default="")
+
+    def __str__(self) -> str:
+        return f"instance {self.pk} of study {self.study_id}"
+
+
+class Rejection(models.Model):
+    """Input refused at the door, kept for inspection and replay (DESIGN invariant 4)."""
+
+    protocol = models.CharField(max_length=16)
+    peer = models.CharField(max_length=128, blank=True, default="")
+    blob_key = models.CharField(max_length=128, blank=True, default="")
+    code = models.CharField(max_length=64)
+    detail = models.TextField()
+    received_at = models.DateTimeField()
+
+    class Meta:
+        ordering = ["-received_at"]

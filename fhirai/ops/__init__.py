@@ -1,0 +1,1 @@
+"""Operations: the commands that run the product."""

@@ -1,0 +1,1 @@
+"""Results: FHIR R4 reports built from model output, stored, served and written back."""

@@ -1,0 +1,66 @@
+from __future__ import annotations
+
+from django.db import models
+
+
+class FhirResource(models.Model):
+    """A FHIR R4 resource fhirai owns, stored as validated JSON, versioned."""
+
+    resource_type = models.CharField(max_length=64)
+    rid = models.CharField(max_length=64)
+    version_id = models.PositiveIntegerField(default=1)
+    last_updated = models.DateTimeField()
+    content = models.JSONField()
+    study = models.ForeignKey(
+        "ingest.Study", null=True, blank=True, on_delete=models.SET_NULL, related_name="resources"
+    )
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["resource_type", "rid"], name="fhir_type_id")]
+        indexes = [models.Index(fields=["resource_type", "last_updated"])]
+
+    def __str__(self) -> str:
+        return f"{self.resource_type}/{self.rid}"
+
+
+class FhirToken(models.Model):
+    """A search index row: one (parameter, system, value) of one resource."""
+
+    resource = models.ForeignKey(FhirResource, on_delete=models.CASCADE, related_name="tokens")
+    param = models.CharField(max_length=64)
+    system = models.CharField(max_length=255, blank=True, default="")
+    value = models.CharField(max_length=255)
+
+    class Meta:
+        indexes = [models.Index(fields=["param", "value"])]
+
+
+class DeliveryState(models.TextChoices):
+    PENDING = "pending"
+    SENDING = "sending"
+    DELIVERED = "delivered"
+    FAILED = "failed"
+
+
+class Delivery(models.Model):
+    """One report's hand-off to one destination (an outbox row): attempts, backoff, the peer's answer."""
+
+    report = models.ForeignKey(FhirResource, on_delete=models.CASCADE, related_name="deliveries")
+    study = models.ForeignKey("ingest.Study", on_delete=models.CASCADE, related_name="deliveries")
+    destination = models.CharField(max_length=64)
+    report_version = models.PositiveIntegerField()
+    state = models.CharField(max_length=16, choices=DeliveryState.choices, default=DeliveryState.PENDING)
+    attempts = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField()
+    next_attempt_at = models.DateTimeField()
+    claimed_at = models.DateTimeField(null=True, blank=True)
+    last_status = models.IntegerField(null=True, blank=True)
+    last_response = models.TextField(blank=True, default="")
+    delivered_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["report", "destination", "report_version"], name="delivery_once")
+        ]
+        indexes = [models.Index(fields=["state", "next_attempt_at"])]
+        verbose_name_plural = "deliveries"

@@ -1,0 +1,311 @@
+"""Results as FHIR R4: one DiagnosticReport per (study, model), its Observations (UCUM units), the
+Device that is the model, a Provenance, and the ImagingStudy it read. Re-identified through the
+vault (the model's output only ever names pseudonyms), validated with fhir.resources (R4B models:
+R4 and R4B agree on every element used here), stored, and queued for write-back."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+from fhir.resources.R4B.device import Device
+from fhir.resources.R4B.diagnosticreport import DiagnosticReport
+from fhir.resources.R4B.imagingstudy import ImagingStudy
+from fhir.resources.R4B.observation import Observation
+from fhir.resources.R4B.provenance import Provenance
+
+from fhirai.audit.timeline import Event
+from fhirai.deid.vault import vault_lookup
+from fhirai.ingest.models import Study, StudyState
+from fhirai.ingest.state import study_transition
+from fhirai.results.models import FhirResource
+from fhirai.results.store import Token, resource_put
+
+UCUM = "http://unitsofmeasure.org"
+DICOM_UID_SYSTEM = "urn:dicom:uid"
+OBS_CATEGORY = "http://terminology.hl7.org/CodeSystem/observation-category"
+V2_0074 = "http://terminology.hl7.org/CodeSystem/v2-0074"
+_NS = uuid.UUID("6f3f8a52-35c4-4f4b-9a0c-1b8e2f1c9d77")  # fhirai's namespace for deterministic ids
+_VALIDATORS = {
+    "DiagnosticReport": DiagnosticReport,
+    "Observation": Observation,
+    "Device": Device,
+    "Provenance": Provenance,
+    "ImagingStudy": ImagingStudy,
+}
+
+
+def system(kind: str) -> str:
+    """The identifier system fhirai uses for its own `kind` of resource at this site."""
+    return f"{settings.FHIRAI_IDENTIFIER_SYSTEM}:{kind}"
+
+
+def stable_id(*parts: str) -> str:
+    """A deterministic resource id (UUIDv5), so a rebuilt report keeps its id and retries are idempotent."""
+    return str(uuid.uuid5(_NS, "\x1f".join(parts)))
+
+
+def validated(content: dict[str, Any]) -> dict[str, Any]:
+    """Check `content` against the FHIR model of its type; raises ValueError when it does not conform."""
+    _VALIDATORS[content["resourceType"]].model_validate(content)
+    return content
+
+
+def report_from_job(job: Any) -> FhirResource:
+    """Build, store and queue the report for the study's finished jobs (call inside the transaction
+    that recorded the last job's result)."""
+    from fhirai.results.writeback import deliveries_create
+
+    study: Study = job.study
+    model = job.model
+    study_uid = vault_lookup("study-uid", study.study_pseudonym)
+    issuer, _, patient_id = vault_lookup("patient-id", study.patient_pseudonym).partition("\x1f")
+    subject = patient_reference(patient_id, issuer)
+    now = timezone.now()
+    effective = study_datetime(study.study_date, study.study_time) or now
+    report_key = f"{study_uid}\x1f{model.name}\x1f{model.version}"
+    report_value = stable_id("report", report_key)
+    device = device_resource(model)
+    imaging = imaging_study_resource(study, study_uid, subject)
+    observations = [
+        observation_resource(
+            m,
+            model=model,
+            report_value=report_value,
+            subject=subject,
+            device_id=device["id"],
+            effective=effective,
+            issued=now,
+        )
+        for m in job.result.get("measurements", [])
+    ]
+    report = {
+        "resourceType": "DiagnosticReport",
+        "id": stable_id("DiagnosticReport", report_key),
+        "identifier": [{"system": system("report"), "value": report_value}],
+        "status": "final" if study.revision == 1 else "amended",
+        "category": [{"coding": [{"system": V2_0074, "code": "RAD", "display": "Radiology"}]}],
+        "code": model.report_code or {"text": model.title},
+        "subject": subject,
+        "effectiveDateTime": effective.isoformat(),
+        "issued": now.isoformat(),
+        "imagingStudy": [{"reference": f"ImagingStudy/{imaging['id']}", **_study_identifier(study_uid)}],
+        "result": [
+            {"reference": f"Observation/{o['id']}", "display": o["code"]["text"]} for o in observations
+        ],
+        "conclusion": str(job.result.get("conclusion", ""))[:4000] or f"{model.title}: see results.",
+    }
+    provenance = {
+        "resourceType": "Provenance",
+        "id": stable_id("Provenance", report_key, str(study.revision)),
+        "meta": {"tag": [{"system": system("report"), "code": f"{report_value}.{study.revision}"}]},
+        "target": [{"reference": f"DiagnosticReport/{report['id']}"}]
+        + [{"reference": f"Observation/{o['id']}"} for o in observations],
+        "recorded": now.isoformat(),
+        "activity": {
+            "coding": [
+                {
+                    "system": "http://terminology.hl7.org/CodeSystem/v3-DataOperation",
+                    "code": "CREATE",
+                    "display": "create",
+                }
+            ]
+        },
+        "agent": [
+            {
+                "type": {
+                    "coding": [
+                        {
+                            "system": "http://terminology.hl7.org/CodeSystem/provenance-participant-type",
+                            "code": "assembler",
+                            "display": "Assembler",
+                        }
+                    ]
+                },
+                "who": {"reference": f"Device/{device['id']}", "display": f"{model.title} {model.version}"},
+            }
+        ],
+        "entity": [
+            {
+                "role": "source",
+                "what": {"reference": f"ImagingStudy/{imaging['id']}", **_study_identifier(study_uid)},
+            }
+        ],
+    }
+    patient_token: Token = ("patient-identifier", subject["identifier"]["system"], patient_id)
+    study_tokens: list[Token] = [
+        ("study", DICOM_UID_SYSTEM, f"urn:oid:{study_uid}"),
+        ("study", "", study_uid),
+        ("study", "", f"ImagingStudy/{imaging['id']}"),
+    ]
+    with transaction.atomic():
+        resource_put(
+            validated(device), tokens=[("identifier", system("device"), device["identifier"][0]["value"])]
+        )
+        resource_put(
+            validated(imaging),
+            tokens=[("identifier", DICOM_UID_SYSTEM, f"urn:oid:{study_uid}"), patient_token],
+            study_id=study.pk,
+        )
+        for obs in observations:
+            resource_put(
+                validated(obs),
+                study_id=study.pk,
+                tokens=[
+                    ("identifier", system("observation"), obs["identifier"][0]["value"]),
+                    patient_token,
+                    ("code", obs["code"]["coding"][0]["system"], obs["code"]["coding"][0]["code"]),
+                    ("device", "", f"Device/{device['id']}"),
+                ],
+            )
+        row = resource_put(
+            validated(report),
+            study_id=study.pk,
+            tokens=[
+                ("identifier", system("report"), report_value),
+                patient_token,
+                *study_tokens,
+                ("status", "", report["status"]),
+            ]
+            + [("result", "", r["reference"]) for r in report["result"]],
+        )
+        resource_put(
+            validated(provenance),
+            study_id=study.pk,
+            tokens=[
+                ("_tag", system("report"), provenance["meta"]["tag"][0]["code"]),
+                ("target", "", f"DiagnosticReport/{report['id']}"),
+            ],
+        )
+        queued = deliveries_create(row, study)
+        study_transition(
+            study.pk,
+            from_states=[StudyState.QUEUED],
+            to=StudyState.REPORTED,
+            event=Event.REPORTED,
+            detail=f"DiagnosticReport/{row.rid} v{row.version_id}, {len(observations)} observations"
+            + (f"; {queued} write-back(s) queued" if queued else ""),
+        )
+    return row
+
+
+def patient_reference(patient_id: str, issuer: str = "") -> dict[str, Any]:
+    """A logical reference to the original Patient by identifier (the EHR owns the Patient)."""
+    sys = (
+        f"urn:oid:{issuer}"
+        if issuer and all(p.isdigit() for p in issuer.split("."))
+        else settings.FHIRAI_PATIENT_ID_SYSTEM
+    )
+    ref: dict[str, Any] = {"type": "Patient", "identifier": {"system": sys, "value": patient_id}}
+    if issuer and not sys.startswith("urn:oid:"):
+        ref["identifier"]["assigner"] = {"display": issuer}
+    return ref
+
+
+def _study_identifier(study_uid: str) -> dict[str, Any]:
+    return {"identifier": {"system": DICOM_UID_SYSTEM, "value": f"urn:oid:{study_uid}"}}
+
+
+def study_datetime(date: str, time: str) -> datetime | None:
+    """DICOM StudyDate + StudyTime, read in the site time zone (they carry no offset)."""
+    if len(date) != 8 or not date.isdigit():
+        return None
+    digits = "".join(ch for ch in time.split(".")[0] if ch.isdigit())[:6].ljust(6, "0")
+    try:
+        naive = datetime.strptime(date + digits, "%Y%m%d%H%M%S")
+    except ValueError:
+        return None
+    return naive.replace(tzinfo=ZoneInfo(settings.TIME_ZONE))
+
+
+def device_resource(model: Any) -> dict[str, Any]:
+    """The model as a Device: name, version, what it is."""
+    return {
+        "resourceType": "Device",
+        "id": stable_id("Device", model.name, model.version),
+        "identifier": [{"system": system("device"), "value": f"{model.name}-{model.version}"}],
+        "status": "active",
+        "manufacturer": "fhirai",
+        "deviceName": [{"name": model.title, "type": "model-name"}],
+        "type": {"text": f"AI model ({model.task})"},
+        "version": [{"value": model.version}],
+    }
+
+
+def imaging_study_resource(study: Study, study_uid: str, subject: dict[str, Any]) -> dict[str, Any]:
+    """The study the model read, as an R4 ImagingStudy (series and instance counts)."""
+    series: dict[str, dict[str, Any]] = {}
+    for uid, modality in study.instances.values_list("series_uid", "modality"):
+        entry = series.setdefault(
+            uid,
+            {
+                "uid": uid,
+                "numberOfInstances": 0,
+                "modality": {
+                    "system": "http://dicom.nema.org/resources/ontology/DCM",
+                    "code": modality or "OT",
+                },
+            },
+        )
+        entry["numberOfInstances"] += 1
+    content: dict[str, Any] = {
+        "resourceType": "ImagingStudy",
+        "id": stable_id("ImagingStudy", study_uid),
+        "identifier": [{"system": DICOM_UID_SYSTEM, "value": f"urn:oid:{study_uid}"}],
+        "status": "available",
+        "subject": subject,
+        "numberOfSeries": len(series),
+        "numberOfInstances": sum(s["numberOfInstances"] for s in series.values()),
+        "series": list(series.values()),
+    }
+    started = study_datetime(study.study_date, study.study_time)
+    if started:
+        content["started"] = started.isoformat()
+    if study.accession_number:
+        content["identifier"].append(
+            {
+                "type": {
+                    "coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": "ACSN"}]
+                },
+                "value": study.accession_number,
+            }
+        )
+    if study.study_description:
+        content["description"] = study.study_description
+    return content
+
+
+def observation_resource(
+    measurement: dict[str, Any],
+    *,
+    model: Any,
+    report_value: str,
+    subject: dict[str, Any],
+    device_id: str,
+    effective: datetime,
+    issued: datetime,
+) -> dict[str, Any]:
+    """One measurement as an imaging Observation with a UCUM quantity, coded from the model's record."""
+    name = measurement["name"]
+    spec = (model.outputs or {}).get(name)
+    if spec is None:
+        raise ValueError(f"model {model} returned {name!r}, which its record does not declare")
+    value = round(float(measurement["value"]), int(spec.get("decimals", 2)))
+    return {
+        "resourceType": "Observation",
+        "id": stable_id("Observation", report_value, name),
+        "identifier": [{"system": system("observation"), "value": f"{report_value}.{name}"}],
+        "status": "final",
+        "category": [{"coding": [{"system": OBS_CATEGORY, "code": "imaging", "display": "Imaging"}]}],
+        "code": {"coding": [spec["coding"]], "text": spec["coding"].get("display", name)},
+        "subject": subject,
+        "effectiveDateTime": effective.isoformat(),
+        "issued": issued.isoformat(),
+        "valueQuantity": {"value": value, "unit": spec["unit"], "system": UCUM, "code": spec["unit"]},
+        "device": {"reference": f"Device/{device_id}"},
+    }

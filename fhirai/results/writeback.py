@@ -1,0 +1,222 @@
+"""Write-back of reports to the upstream FHIR server through an outbox (Delivery rows): the first
+attempt is dispatched when the report commits, later ones by pipeline_sweep with exponential
+backoff while the upstream is down. Each attempt is one FHIR transaction of conditional creates
+(ifNoneExist on identifiers; on the Provenance's tag), so a retry after a lost response creates
+nothing twice. The domain defines the Upstream interface; settings plug the HTTP adapter in."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, Protocol
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+from django.utils.module_loading import import_string
+
+from fhirai.audit.timeline import Event, record
+from fhirai.celery import TASK_DELIVER, dispatch_on_commit
+from fhirai.errors import Unavailable
+from fhirai.ingest.models import Study, StudyState
+from fhirai.ingest.state import study_fail, study_transition
+from fhirai.results.models import Delivery, DeliveryState, FhirResource
+
+log = logging.getLogger(__name__)
+FHIR_UPSTREAM = "fhir-upstream"
+
+
+@dataclass(frozen=True)
+class UpstreamReply:
+    status: int
+    body: str
+
+
+class Upstream(Protocol):
+    def transaction(self, bundle: dict[str, Any]) -> UpstreamReply:
+        """POST a transaction Bundle. Raises Unavailable on network errors, 429 and 5xx."""
+
+
+def upstream() -> Upstream:
+    """The configured upstream client (FHIRAI_FHIR_UPSTREAM_CLIENT)."""
+    factory = import_string(settings.FHIRAI_FHIR_UPSTREAM_CLIENT)
+    return factory(
+        base_url=settings.FHIRAI_FHIR_UPSTREAM_URL,
+        token=settings.FHIRAI_FHIR_UPSTREAM_TOKEN,
+        timeout=settings.FHIRAI_FHIR_UPSTREAM_TIMEOUT,
+    )
+
+
+def deliveries_create(report: FhirResource, study: Study) -> int:
+    """Queue this report version for every configured destination; returns how many."""
+    if not settings.FHIRAI_FHIR_UPSTREAM_URL:
+        return 0
+    now = timezone.now()
+    delivery, created = Delivery.objects.get_or_create(
+        report=report,
+        destination=FHIR_UPSTREAM,
+        report_version=report.version_id,
+        defaults={"study": study, "created_at": now, "next_attempt_at": now},
+    )
+    if created:
+        dispatch_on_commit(TASK_DELIVER, delivery.pk)
+    return 1
+
+
+def backoff(attempts: int) -> float:
+    """Seconds before the next attempt: 2, 4, 8 ... capped at FHIRAI_WRITEBACK_BACKOFF_MAX."""
+    return min(settings.FHIRAI_WRITEBACK_BACKOFF_MAX, 2.0 ** max(1, attempts))
+
+
+def delivery_attempt(delivery_id: int) -> None:
+    """Send one delivery if it is due and nobody else holds it."""
+    now = timezone.now()
+    claimed = Delivery.objects.filter(
+        pk=delivery_id, state=DeliveryState.PENDING, next_attempt_at__lte=now
+    ).update(state=DeliveryState.SENDING, claimed_at=now)
+    if not claimed:
+        return
+    delivery = Delivery.objects.select_related("report").get(pk=delivery_id)
+    attempts = delivery.attempts + 1
+    try:
+        reply = upstream().transaction(report_bundle(delivery.report))
+    except Unavailable as exc:
+        _delivery_retry_later(delivery, attempts, str(exc))
+        return
+    with transaction.atomic():
+        delivery.attempts, delivery.last_status, delivery.last_response = (
+            attempts,
+            reply.status,
+            reply.body[:8000],
+        )
+        if 200 <= reply.status < 300:
+            delivery.state, delivery.delivered_at = DeliveryState.DELIVERED, timezone.now()
+            delivery.save()
+            study_transition(
+                delivery.study_id,
+                from_states=[StudyState.REPORTED],
+                to=StudyState.WRITTEN_BACK,
+                event=Event.WRITTEN_BACK,
+                detail=f"{FHIR_UPSTREAM}: HTTP {reply.status} after {attempts} attempt(s)",
+            )
+        else:
+            delivery.state = DeliveryState.FAILED
+            delivery.save()
+            study_fail(
+                delivery.study_id,
+                error=f"{FHIR_UPSTREAM} refused the report: HTTP {reply.status}",
+                from_states=[StudyState.REPORTED],
+            )
+
+
+def _delivery_retry_later(delivery: Delivery, attempts: int, error: str) -> None:
+    now = timezone.now()
+    give_up = delivery.created_at + timedelta(seconds=settings.FHIRAI_WRITEBACK_GIVE_UP_SECONDS)
+    with transaction.atomic():
+        delivery.attempts, delivery.last_status, delivery.last_response = attempts, None, error[:8000]
+        if now >= give_up:
+            delivery.state = DeliveryState.FAILED
+            delivery.save()
+            study_fail(
+                delivery.study_id,
+                error=f"{FHIR_UPSTREAM} unreachable for "
+                f"{settings.FHIRAI_WRITEBACK_GIVE_UP_SECONDS:.0f} s: {error[:300]}",
+                from_states=[StudyState.REPORTED],
+            )
+            return
+        delivery.state = DeliveryState.PENDING
+        delivery.next_attempt_at = now + timedelta(seconds=backoff(attempts))
+        delivery.save()
+        if attempts == 1 or attempts % 10 == 0:
+            record(
+                "study",
+                delivery.study_id,
+                Event.RETRIED,
+                detail=f"{FHIR_UPSTREAM} attempt {attempts} failed; next in {backoff(attempts):.0f} s",
+                error=error[:500],
+            )
+    log.warning("delivery %s attempt %s failed (%s); retrying", delivery.pk, attempts, error[:200])
+
+
+def deliveries_due() -> list[int]:
+    """Deliveries to (re)try now: pending and due, or stuck in sending past the stall timeout."""
+    now = timezone.now()
+    stalled = now - timedelta(seconds=settings.FHIRAI_STALL_SECONDS)
+    Delivery.objects.filter(state=DeliveryState.SENDING, claimed_at__lte=stalled).update(
+        state=DeliveryState.PENDING, next_attempt_at=now
+    )
+    return list(
+        Delivery.objects.filter(state=DeliveryState.PENDING, next_attempt_at__lte=now).values_list(
+            "pk", flat=True
+        )[:100]
+    )
+
+
+def delivery_redispatch(delivery_id: int) -> None:
+    dispatch_on_commit(TASK_DELIVER, delivery_id)
+
+
+def report_bundle(report: FhirResource) -> dict[str, Any]:
+    """The transaction Bundle for one stored report: Device, Observations, DiagnosticReport and
+    Provenance as conditional creates, cross-referenced by urn:uuid. ImagingStudy and Patient stay
+    logical references by identifier: the upstream owns those records."""
+    from fhirai.results.store import resource_read
+
+    content = report.content
+    observations = [
+        resource_read("Observation", r["reference"].split("/", 1)[1]).content
+        for r in content.get("result", [])
+    ]
+    devices = {o["device"]["reference"] for o in observations if "device" in o}
+    provenance = [
+        p.content
+        for p in FhirResource.objects.filter(
+            resource_type="Provenance", tokens__param="target", tokens__value=f"DiagnosticReport/{report.rid}"
+        )
+    ]
+    resources = [resource_read("Device", d.split("/", 1)[1]).content for d in sorted(devices)]
+    resources += observations + [content] + provenance
+    local = {f"{r['resourceType']}/{r['id']}": f"urn:uuid:{r['id']}" for r in resources}
+    entries = []
+    for resource in resources:
+        body = _rewrite_refs({k: v for k, v in resource.items() if k not in ("id", "meta")}, local)
+        if resource.get("meta", {}).get("tag"):
+            body["meta"] = {"tag": resource["meta"]["tag"]}
+        entries.append(
+            {
+                "fullUrl": f"urn:uuid:{resource['id']}",
+                "resource": body,
+                "request": {
+                    "method": "POST",
+                    "url": resource["resourceType"],
+                    "ifNoneExist": _if_none_exist(resource),
+                },
+            }
+        )
+    return {"resourceType": "Bundle", "type": "transaction", "entry": entries}
+
+
+def _if_none_exist(resource: dict[str, Any]) -> str:
+    if resource.get("identifier"):
+        ident = resource["identifier"][0]
+        return f"identifier={ident['system']}|{ident['value']}"
+    tag = resource["meta"]["tag"][0]
+    return f"_tag={tag['system']}|{tag['code']}"
+
+
+def _rewrite_refs(node: Any, local: dict[str, str]) -> Any:
+    """Local references become the bundle's urn:uuids; references to resources not sent (the
+    ImagingStudy) drop to their logical identifier."""
+    if isinstance(node, list):
+        return [_rewrite_refs(n, local) for n in node]
+    if not isinstance(node, dict):
+        return node
+    out = {k: _rewrite_refs(v, local) for k, v in node.items()}
+    ref = out.get("reference")
+    if isinstance(ref, str) and "/" in ref and not ref.startswith("urn:"):
+        if ref in local:
+            out["reference"] = local[ref]
+        elif "identifier" in out:
+            del out["reference"]
+    return out

@@ -1,0 +1,1 @@
+"""Routing: model records and which registered model gets which study."""

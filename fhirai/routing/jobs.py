@@ -1,0 +1,149 @@
+"""Inference jobs: route a de-identified study to its models, dispatch the runs on the
+`inference` queue with de-identified inputs only, record what comes back."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from fhirai.audit.timeline import Event, record
+from fhirai.celery import TASK_INFER, dispatch_on_commit
+from fhirai.ingest.models import Study, StudyState
+from fhirai.ingest.state import study_fail, study_transition
+from fhirai.routing.models import InferenceJob, JobState, ModelRecord
+from fhirai.routing.rules import model_inputs, study_models
+
+log = logging.getLogger(__name__)
+MAX_ATTEMPTS = 3
+
+
+def study_route(study_id: int) -> None:
+    """Create one job per accepting model and queue it; a study no model accepts ends as no_model."""
+    study = Study.objects.get(pk=study_id)
+    if study.state != StudyState.DEIDENTIFIED:
+        return
+    models = study_models(study)
+    if not models:
+        study_transition(
+            study_id,
+            from_states=[StudyState.DEIDENTIFIED],
+            to=StudyState.NO_MODEL,
+            event=Event.SKIPPED,
+            detail="no enabled model accepts this study",
+            revision=study.revision,
+        )
+        return
+    with transaction.atomic():
+        if not study_transition(
+            study_id,
+            from_states=[StudyState.DEIDENTIFIED],
+            to=StudyState.QUEUED,
+            event=Event.QUEUED,
+            detail=", ".join(str(m) for m in models),
+            revision=study.revision,
+        ):
+            return
+        for model in models:
+            inputs = [i.deid_blob_key for i in model_inputs(model, study)]
+            try:
+                with transaction.atomic():
+                    job = InferenceJob.objects.create(
+                        study=study,
+                        model=model,
+                        revision=study.revision,
+                        inputs=inputs,
+                        dispatched_at=timezone.now(),
+                        attempts=1,
+                    )
+            except IntegrityError:
+                continue
+            job_dispatch(job)
+
+
+def job_dispatch(job: InferenceJob) -> None:
+    """Queue the model run. The message names the model and the de-identified blob keys: ids and
+    content hashes only (invariant 3)."""
+    dispatch_on_commit(TASK_INFER, job.pk, job.model.name, job.model.version, list(job.inputs))
+
+
+def job_record_result(job_id: int, output: dict[str, Any]) -> None:
+    """Record a model's output and build the report, in one transaction; a second delivery of the
+    same result changes nothing."""
+    from fhirai.results.report import report_from_job  # results builds on routing, not the reverse
+
+    with transaction.atomic():
+        job = (
+            InferenceJob.objects.select_for_update()
+            .select_related("study", "model")
+            .filter(pk=job_id)
+            .first()
+        )
+        if job is None or job.state != JobState.QUEUED:
+            return
+        study = job.study
+        if study.revision != job.revision or study.state != StudyState.QUEUED:
+            job.state, job.finished_at = JobState.SUPERSEDED, timezone.now()
+            job.save(update_fields=["state", "finished_at"])
+            return
+        job.state, job.result, job.finished_at = JobState.DONE, output, timezone.now()
+        job.save(update_fields=["state", "result", "finished_at"])
+        record("study", study.pk, Event.INFERRED, detail=f"{job.model} job {job.pk}")
+        if study.jobs.filter(revision=study.revision, state=JobState.QUEUED).exists():
+            return
+        report_from_job(job)
+
+
+def job_fail(job_id: int, error: str) -> None:
+    """A model could not run on this input: the job and the study fail visibly with the error."""
+    with transaction.atomic():
+        job = InferenceJob.objects.select_for_update().filter(pk=job_id, state=JobState.QUEUED).first()
+        if job is None:
+            return
+        job.state, job.error, job.finished_at = JobState.FAILED, error[:2000], timezone.now()
+        job.save(update_fields=["state", "error", "finished_at"])
+        study_fail(
+            job.study_id,
+            error=f"job {job.pk} ({job.model_id}): {error[:500]}",
+            from_states=[StudyState.QUEUED],
+        )
+
+
+def jobs_redispatch_stalled() -> int:
+    """Queue again the jobs whose run has not reported back within FHIRAI_INFERENCE_TIMEOUT
+    (worker killed, broker message lost); after MAX_ATTEMPTS the job fails visibly."""
+    cutoff = timezone.now() - timezone.timedelta(seconds=settings.FHIRAI_INFERENCE_TIMEOUT)
+    count = 0
+    for job in InferenceJob.objects.filter(state=JobState.QUEUED, dispatched_at__lte=cutoff).select_related(
+        "model"
+    ):
+        count += job_retry(job)
+    return count
+
+
+def job_retry(job: InferenceJob) -> int:
+    """Dispatch a queued job again (conditional on nobody else having done so)."""
+    if job.attempts >= MAX_ATTEMPTS:
+        job_fail(job.pk, f"no result after {job.attempts} attempts")
+        return 0
+    with transaction.atomic():
+        moved = InferenceJob.objects.filter(pk=job.pk, state=JobState.QUEUED, attempts=job.attempts).update(
+            attempts=job.attempts + 1, dispatched_at=timezone.now()
+        )
+        if not moved:
+            return 0
+        record(
+            "study",
+            job.study_id,
+            Event.RETRIED,
+            detail=f"job {job.pk} dispatched again (attempt {job.attempts + 1})",
+        )
+        job_dispatch(job)
+    return 1
+
+
+def model_by_name(name: str, version: str) -> ModelRecord:
+    return ModelRecord.objects.get(name=name, version=version)

@@ -1,0 +1,46 @@
+"""Which registered, enabled model gets which study, and which of its instances it reads.
+
+A model's `accepts` record names modalities, body parts (BodyPartExamined) and description
+keywords; a study matches when its modality is accepted and either its body part or its study
+description names one of the accepted regions. The model reads one series: the largest series of
+an accepted modality (localizers and dose screens are small series of their own)."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from fhirai.ingest.models import Instance, Study
+from fhirai.routing.models import ModelRecord
+
+
+def study_models(study: Study) -> list[ModelRecord]:
+    """The enabled models that accept this study."""
+    return [
+        m for m in ModelRecord.objects.filter(enabled=True).order_by("name", "version") if _accepts(m, study)
+    ]
+
+
+def _accepts(model: ModelRecord, study: Study) -> bool:
+    accepts = model.accepts or {}
+    modalities = {m.upper() for m in accepts.get("modalities", [])}
+    if modalities and not modalities & {m.upper() for m in study.modalities.split(",") if m}:
+        return False
+    regions = [r.upper() for r in accepts.get("body_parts", [])]
+    if not regions:
+        return True
+    text = f"{study.body_part} {study.study_description}".upper()
+    return any(region in text for region in regions)
+
+
+def model_inputs(model: ModelRecord, study: Study) -> list[Instance]:
+    """The de-identified instances of the series the model reads (largest accepted series)."""
+    modalities = {m.upper() for m in (model.accepts or {}).get("modalities", [])}
+    instances = [
+        i
+        for i in study.instances.exclude(deid_blob_key="").order_by("id")
+        if not modalities or i.modality.upper() in modalities
+    ]
+    if not instances:
+        return []
+    series, _ = Counter(i.series_uid for i in instances).most_common(1)[0]
+    return [i for i in instances if i.series_uid == series]

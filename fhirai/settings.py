@@ -1,0 +1,260 @@
+"""The only module that reads the environment. Defaults are the embedded product: SQLite, an
+SQLite-backed Celery broker and blobs under `var/`, listeners on 127.0.0.1. Production changes
+the environment (DATABASE_URL, CELERY_BROKER_URL, FHIRAI_*), never the code."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+
+def env_str(name: str, default: str = "") -> str:
+    return os.environ.get(name, default)
+
+
+def env_int(name: str, default: int, *, minimum: int | None = None) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name} must be an integer, got {raw!r}") from None
+    if minimum is not None and value < minimum:
+        raise ImproperlyConfigured(f"{name} must be at least {minimum}, got {value}")
+    return value
+
+
+def env_float(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name} must be a number, got {raw!r}") from None
+
+
+def env_bool(name: str, default: bool) -> bool:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    if raw.lower() in ("1", "true", "yes", "on"):
+        return True
+    if raw.lower() in ("0", "false", "no", "off"):
+        return False
+    raise ImproperlyConfigured(f"{name} must be a boolean (true/false), got {raw!r}")
+
+
+def env_secret(name: str, default: str = "") -> str:
+    """NAME, or the contents of the file NAME_FILE points at (for Docker/Kubernetes secrets)."""
+    path = os.environ.get(f"{name}_FILE")
+    if path:
+        try:
+            return Path(path).read_text().strip()
+        except OSError as exc:
+            raise ImproperlyConfigured(f"{name}_FILE: cannot read {path}: {exc}") from None
+    return os.environ.get(name, default)
+
+
+def _persistent_secret(path: Path) -> str:
+    """A random secret kept in the data dir, so that an embedded install keeps the same
+    pseudonyms and sessions across restarts without any configuration."""
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    value = secrets.token_urlsafe(48)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(value)
+    return value
+
+
+def _server_time_zone() -> str:
+    """The zone of this server, for HL7/DICOM times that carry no offset."""
+    tz = os.environ.get("TZ", "").lstrip(":")
+    if tz:
+        return tz
+    try:
+        return Path("/etc/timezone").read_text().strip() or "UTC"
+    except OSError:
+        pass
+    try:
+        target = os.readlink("/etc/localtime")
+        return target.split("zoneinfo/", 1)[1]
+    except (OSError, IndexError):
+        return "UTC"
+
+
+# --- paths -------------------------------------------------------------------------------------
+DATA_DIR = Path(env_str("FHIRAI_DATA_DIR", str(BASE_DIR / "var"))).resolve()
+DATA_DIR.mkdir(parents=True, exist_ok=True)
+FHIRAI_DATA_DIR = DATA_DIR
+FHIRAI_BLOB_DIR = Path(env_str("FHIRAI_BLOB_DIR", str(DATA_DIR / "blobs"))).resolve()
+
+# --- core Django -------------------------------------------------------------------------------
+SECRET_KEY = env_secret("FHIRAI_SECRET_KEY") or _persistent_secret(DATA_DIR / "secret_key")
+DEBUG = env_bool("FHIRAI_DEBUG", False)
+ALLOWED_HOSTS = [h for h in env_str("FHIRAI_ALLOWED_HOSTS", "127.0.0.1,localhost,[::1]").split(",") if h]
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "fhirai.audit",
+    "fhirai.ingest",
+    "fhirai.deid",
+    "fhirai.routing",
+    "fhirai.results",
+    "fhirai.ui",
+    "fhirai.ops",
+    "integrations.dicom",
+    "integrations.fhir",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "fhirai.urls"
+WSGI_APPLICATION = "fhirai.wsgi.application"
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ]
+        },
+    }
+]
+
+# --- database ----------------------------------------------------------------------------------
+_default_db = f"sqlite:///{DATA_DIR / 'fhirai.sqlite3'}"
+try:
+    DATABASES = {"default": dj_database_url.parse(env_str("DATABASE_URL", _default_db), conn_max_age=60)}
+except ValueError as exc:
+    raise ImproperlyConfigured(f"DATABASE_URL: {exc}") from None
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    DATABASES["default"]["CONN_MAX_AGE"] = 0
+    DATABASES["default"]["OPTIONS"] = {
+        # Several processes (SCP, workers, web) share the file: WAL lets readers run beside one
+        # writer, IMMEDIATE avoids lock-upgrade deadlocks, synchronous=FULL makes a commit survive
+        # power loss, which invariant 1 (acknowledged means durable) needs.
+        "timeout": 30,
+        "transaction_mode": "IMMEDIATE",
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;",
+    }
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# --- i18n / time -------------------------------------------------------------------------------
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = env_str("FHIRAI_TIME_ZONE") or _server_time_zone()
+USE_I18N = False
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = DATA_DIR / "static"
+WHITENOISE_USE_FINDERS = True  # serve the admin's assets from the installed packages, no collectstatic
+LOGIN_URL = "/admin/login/"
+
+# --- listeners (DESIGN.md public contract) -----------------------------------------------------
+FHIRAI_BIND_ADDRESS = env_str("FHIRAI_BIND_ADDRESS", "127.0.0.1")
+FHIRAI_HTTP_PORT = env_int("FHIRAI_HTTP_PORT", 8000, minimum=1)
+FHIRAI_HTTP_THREADS = env_int("FHIRAI_HTTP_THREADS", 8, minimum=1)
+FHIRAI_DICOM_AE = env_str("FHIRAI_DICOM_AE", "FHIRAI")
+if not (0 < len(FHIRAI_DICOM_AE) <= 16):
+    raise ImproperlyConfigured("FHIRAI_DICOM_AE must be 1 to 16 characters (PS3.5 AE VR)")
+FHIRAI_DICOM_PORT = env_int("FHIRAI_DICOM_PORT", 11112, minimum=1)
+FHIRAI_DICOM_MAX_ASSOCIATIONS = env_int("FHIRAI_DICOM_MAX_ASSOCIATIONS", 16, minimum=1)
+FHIRAI_MLLP_PORT = env_int("FHIRAI_MLLP_PORT", 2575, minimum=1)
+
+# --- pipeline ----------------------------------------------------------------------------------
+FHIRAI_STUDY_QUIET_SECONDS = env_float("FHIRAI_STUDY_QUIET_SECONDS", 5.0)
+FHIRAI_SWEEP_SECONDS = env_float("FHIRAI_SWEEP_SECONDS", 2.0)
+FHIRAI_STALL_SECONDS = env_float("FHIRAI_STALL_SECONDS", 120.0)
+FHIRAI_INFERENCE_TIMEOUT = env_float("FHIRAI_INFERENCE_TIMEOUT", 900.0)
+FHIRAI_INFERENCE_DEVICE = env_str("FHIRAI_INFERENCE_DEVICE", "auto")
+if FHIRAI_INFERENCE_DEVICE not in ("auto", "cpu", "cuda") and not FHIRAI_INFERENCE_DEVICE.startswith("cuda:"):
+    raise ImproperlyConfigured("FHIRAI_INFERENCE_DEVICE must be auto, cpu, cuda or cuda:N")
+FHIRAI_WORKER_CONCURRENCY = env_int("FHIRAI_WORKER_CONCURRENCY", 2, minimum=1)
+
+# --- de-identification ---------------------------------------------------------------------------
+FHIRAI_DEID_SECRET = env_secret("FHIRAI_DEID_SECRET") or _persistent_secret(DATA_DIR / "deid_secret")
+FHIRAI_DEID_UID_ROOT = env_str("FHIRAI_DEID_UID_ROOT", "2.25")
+
+# --- FHIR ----------------------------------------------------------------------------------------
+FHIRAI_BASE_URL = env_str("FHIRAI_BASE_URL", f"http://127.0.0.1:{FHIRAI_HTTP_PORT}").rstrip("/")
+FHIRAI_IDENTIFIER_SYSTEM = env_str("FHIRAI_IDENTIFIER_SYSTEM", "urn:fhirai")
+FHIRAI_PATIENT_ID_SYSTEM = env_str("FHIRAI_PATIENT_ID_SYSTEM", "urn:fhirai:dicom-patient-id")
+FHIRAI_FHIR_UPSTREAM_URL = env_str("FHIRAI_FHIR_UPSTREAM_URL").rstrip("/")
+FHIRAI_FHIR_UPSTREAM_TOKEN = env_secret("FHIRAI_FHIR_UPSTREAM_TOKEN")
+FHIRAI_FHIR_UPSTREAM_TIMEOUT = env_float("FHIRAI_FHIR_UPSTREAM_TIMEOUT", 30.0)
+FHIRAI_FHIR_UPSTREAM_CLIENT = env_str(
+    "FHIRAI_FHIR_UPSTREAM_CLIENT", "integrations.fhir.upstream.HttpUpstream"
+)
+FHIRAI_WRITEBACK_BACKOFF_MAX = env_float("FHIRAI_WRITEBACK_BACKOFF_MAX", 300.0)
+FHIRAI_WRITEBACK_GIVE_UP_SECONDS = env_float("FHIRAI_WRITEBACK_GIVE_UP_SECONDS", 86400.0)
+FHIRAI_FHIR_PAGE_MAX = env_int("FHIRAI_FHIR_PAGE_MAX", 500, minimum=1)
+
+# --- Celery ------------------------------------------------------------------------------------
+CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", f"sqla+sqlite:///{DATA_DIR / 'broker.sqlite3'}")
+CELERY_TASK_DEFAULT_QUEUE = "default"
+CELERY_TASK_ROUTES = {"workers.tasks.study_infer": {"queue": "inference"}}
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_TASK_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+if CELERY_BROKER_URL.startswith("sqla+"):
+    # The embedded broker: kombu hands these straight to SQLAlchemy's create_engine(). Messages
+    # a worker held when it was killed stay invisible there; pipeline_sweep re-dispatches them.
+    CELERY_BROKER_TRANSPORT_OPTIONS: dict[str, object] = {"connect_args": {"timeout": 30}}
+else:
+    # Redis/SQS redeliver an unacked task after this; longer than the slowest model run.
+    CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": int(FHIRAI_INFERENCE_TIMEOUT) + 300}
+CELERY_BEAT_SCHEDULE = {
+    "pipeline-sweep": {"task": "workers.tasks.pipeline_sweep", "schedule": FHIRAI_SWEEP_SECONDS},
+}
+CELERY_BEAT_SCHEDULE_FILENAME = str(DATA_DIR / "celerybeat-schedule")
+
+# --- logging (ids and pseudonyms only: never names, birth dates or accession numbers) ---------
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env_str("FHIRAI_LOG_LEVEL", "INFO")},
+    "loggers": {
+        "pynetdicom": {"level": "WARNING"},
+        # The sweep runs every few seconds: keep per-task chatter out; the timeline is the record.
+        "celery.app.trace": {"level": "WARNING"},
+        "celery.worker.strategy": {"level": "WARNING"},
+        "celery.beat": {"level": "WARNING"},
+    },
+}

@@ -1,0 +1,75 @@
+"""The pipeline's heartbeat (every FHIRAI_SWEEP_SECONDS, from Celery beat): closes quiet studies,
+and re-dispatches work whose message was lost (a worker killed mid-task, the embedded broker's
+fetched-but-unacked messages after a crash) or whose retry is due. Every step it triggers is
+idempotent, so a sweep that races a slow worker costs time, never a duplicate."""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from fhirai.assembly.complete import studies_mark_complete
+from fhirai.audit.timeline import Event, record
+from fhirai.celery import TASK_DEIDENTIFY, dispatch_on_commit
+from fhirai.ingest.models import Study, StudyState
+from fhirai.results.writeback import deliveries_due, delivery_redispatch
+from fhirai.routing.jobs import job_retry, jobs_redispatch_stalled, study_route
+from fhirai.routing.models import InferenceJob, JobState
+
+log = logging.getLogger(__name__)
+
+
+def pipeline_sweep() -> dict[str, int]:
+    """One pass; returns counts per action (for logs and tests)."""
+    counts = {"completed": len(studies_mark_complete())}
+    counts["deid_redispatched"] = _stalled_studies_redispatch(
+        timezone.now() - timedelta(seconds=settings.FHIRAI_STALL_SECONDS)
+    )
+    counts["jobs_redispatched"] = jobs_redispatch_stalled()
+    counts["deliveries_dispatched"] = _deliveries_dispatch()
+    if any(counts.values()):
+        log.info("sweep: %s", counts)
+    return counts
+
+
+def pipeline_recover() -> dict[str, int]:
+    """At start-up of the single-machine product, every worker of the previous run is gone:
+    re-dispatch everything in flight now instead of waiting for the stall timeouts."""
+    counts = {"deid_redispatched": _stalled_studies_redispatch(timezone.now())}
+    jobs = InferenceJob.objects.filter(state=JobState.QUEUED).select_related("model")
+    counts["jobs_redispatched"] = sum(job_retry(job) for job in jobs)
+    counts["deliveries_dispatched"] = _deliveries_dispatch()
+    return counts
+
+
+def _deliveries_dispatch() -> int:
+    due = deliveries_due()
+    for delivery_id in due:
+        with transaction.atomic():
+            delivery_redispatch(delivery_id)
+    return len(due)
+
+
+def _stalled_studies_redispatch(cutoff: object) -> int:
+    """Studies stuck in complete (de-identification lost) or deidentified (routing lost)."""
+    count = 0
+    for study_id, state in Study.objects.filter(
+        state__in=[StudyState.COMPLETE, StudyState.DEIDENTIFIED], state_changed_at__lte=cutoff
+    ).values_list("pk", "state")[:200]:
+        with transaction.atomic():
+            touched = Study.objects.filter(pk=study_id, state=state, state_changed_at__lte=cutoff).update(
+                state_changed_at=timezone.now()
+            )
+            if not touched:
+                continue
+            record("study", study_id, Event.RETRIED, detail=f"{state} stage dispatched again")
+            if state == StudyState.COMPLETE:
+                dispatch_on_commit(TASK_DEIDENTIFY, study_id)
+        if state == StudyState.DEIDENTIFIED:
+            study_route(study_id)
+        count += 1
+    return count

@@ -1,0 +1,1 @@
+"""Protocol adapters: wire formats <-> domain calls. No business rules."""

@@ -1,0 +1,1 @@
+"""DICOM: the C-ECHO/C-STORE SCP (pynetdicom)."""

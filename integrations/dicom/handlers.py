@@ -1,0 +1,56 @@
+"""pynetdicom event handlers: event in, one domain call, status out."""
+
+from __future__ import annotations
+
+import logging
+
+from pydicom.dataset import Dataset
+from pynetdicom.events import Event
+
+from fhirai import errors
+from fhirai.ingest.receive import input_reject, instance_receive
+from integrations.dicom import status
+
+log = logging.getLogger(__name__)
+
+
+def peer_of(event: Event) -> str:
+    info = event.assoc.requestor
+    return f"{info.ae_title}@{info.address}:{info.port}"
+
+
+def handle_echo(event: Event) -> int:
+    """C-ECHO (PS3.7 9.1.5): Success."""
+    return status.SUCCESS
+
+
+def handle_store(event: Event) -> Dataset | int:
+    """C-STORE. Success means the bytes are committed (DESIGN invariant 1)."""
+    raw = event.encoded_dataset()
+    calling_ae = str(event.assoc.requestor.ae_title).strip()
+    try:
+        instance_receive(
+            raw=raw, calling_ae=calling_ae, transfer_syntax_uid=str(event.context.transfer_syntax)
+        )
+    except errors.InvalidInput as exc:
+        code = status.for_invalid(exc.code)
+        try:
+            input_reject(protocol="dicom", raw=raw, peer=peer_of(event), code=exc.code, detail=exc.detail)
+        except Exception:  # noqa: BLE001 - the refusal must still go out
+            log.exception("could not keep rejected DICOM input from %s", peer_of(event))
+        return _failure(code, exc.detail)
+    except errors.Unavailable as exc:
+        log.warning("C-STORE from %s refused, out of resources: %s", peer_of(event), exc)
+        return _failure(status.OUT_OF_RESOURCES, "temporarily unable to store; retry later")
+    except Exception:  # noqa: BLE001 - never a false Success
+        log.exception("C-STORE from %s failed", peer_of(event))
+        return _failure(status.OUT_OF_RESOURCES, "internal error; retry later")
+    return status.SUCCESS
+
+
+def _failure(code: int, comment: str) -> Dataset:
+    """A failure status with an Error Comment (0000,0902), at most 64 characters (LO)."""
+    ds = Dataset()
+    ds.Status = code
+    ds.ErrorComment = comment[:64]
+    return ds

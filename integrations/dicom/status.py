@@ -1,0 +1,22 @@
+"""DIMSE status codes fhirai answers with (PS3.4 Annex B.2.3 for C-STORE, PS3.7 C for general)."""
+
+from __future__ import annotations
+
+SUCCESS = 0x0000
+# PS3.4 B.2.3 "Refused: Out of Resources" (A7xx): the sender should retry later.
+OUT_OF_RESOURCES = 0xA700
+# PS3.4 B.2.3 "Error: Data Set does not match SOP Class" (A9xx).
+DATASET_DOES_NOT_MATCH = 0xA900
+# PS3.4 B.2.3 "Error: Cannot understand" (Cxxx).
+CANNOT_UNDERSTAND = 0xC000
+
+_BY_CODE = {
+    "missing-attribute": DATASET_DOES_NOT_MATCH,
+    "invalid-uid": DATASET_DOES_NOT_MATCH,
+    "unparseable": CANNOT_UNDERSTAND,
+}
+
+
+def for_invalid(code: str) -> int:
+    """The failure status for a domain InvalidInput code."""
+    return _BY_CODE.get(code, CANNOT_UNDERSTAND)

@@ -1,0 +1,1 @@
+"""FHIR R4: the /fhir/ facade and the upstream client."""

@@ -1,0 +1,1 @@
+"""Celery tasks (thin wrappers around domain functions) and the inference runtime."""

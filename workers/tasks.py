@@ -1,0 +1,63 @@
+"""Celery tasks: each loads by id and calls the domain function of the same name; the task owns
+only its retry policy. study_infer is the one task on the `inference` queue: it sees blob keys of
+de-identified data and sends its output back to the `default` queue, never touching the database."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import shared_task
+
+from fhirai import sweep
+from fhirai.deid import study as deid_study
+from fhirai.errors import Unavailable
+from fhirai.results import writeback
+from fhirai.routing import jobs
+
+log = logging.getLogger(__name__)
+RETRY = {
+    "acks_late": True,
+    "autoretry_for": (Unavailable,),
+    "retry_backoff": True,
+    "retry_backoff_max": 300,
+    "max_retries": None,
+}
+
+
+@shared_task(name="workers.tasks.study_deidentify", **RETRY)
+def study_deidentify(study_id: int) -> None:
+    deid_study.study_deidentify(study_id)
+
+
+@shared_task(name="workers.tasks.study_infer", acks_late=True, reject_on_worker_lost=True)
+def study_infer(job_id: int, model: str, version: str, inputs: list[str]) -> None:
+    from workers.inference.runtime import ModelInputError, run_model  # torch loads on inference hosts only
+
+    try:
+        output = run_model(model, version, inputs)
+    except ModelInputError as exc:
+        log.warning("job %s: %s %s cannot run on its input: %s", job_id, model, version, exc)
+        job_fail.apply_async(args=(job_id, str(exc)), queue="default")
+        return
+    job_record_result.apply_async(args=(job_id, output), queue="default")
+
+
+@shared_task(name="workers.tasks.job_record_result", **RETRY)
+def job_record_result(job_id: int, output: dict[str, Any]) -> None:
+    jobs.job_record_result(job_id, output)
+
+
+@shared_task(name="workers.tasks.job_fail", **RETRY)
+def job_fail(job_id: int, error: str) -> None:
+    jobs.job_fail(job_id, error)
+
+
+@shared_task(name="workers.tasks.delivery_attempt", acks_late=True)
+def delivery_attempt(delivery_id: int) -> None:
+    writeback.delivery_attempt(delivery_id)
+
+
+@shared_task(name="workers.tasks.pipeline_sweep", acks_late=True, expires=30)
+def pipeline_sweep() -> None:
+    sweep.pipeline_sweep()
