@@ -41,11 +41,12 @@ def application_entity() -> AE:
 
 
 def server_start(address: tuple[str, int] | None = None) -> ThreadedAssociationServer:
-    """Start serving in background threads; call .shutdown() to stop."""
+    """Start serving in background threads; .shutdown() stops accepting and closes the socket."""
     ae = application_entity()
     address = address or (settings.FHIRAI_BIND_ADDRESS, settings.FHIRAI_DICOM_PORT)
     handlers = [(evt.EVT_C_ECHO, handle_echo), (evt.EVT_C_STORE, handle_store)]
     server = ae.make_server(address, evt_handlers=handlers, server_class=NoDelayServer)
+    ae._servers.append(server)  # as AE.start_server() does; server.shutdown() takes it off again
 
     threading.Thread(target=server.serve_forever, name="dicom-scp", daemon=True).start()
     log.info("DICOM SCP %s listening on %s:%s", settings.FHIRAI_DICOM_AE, *address)

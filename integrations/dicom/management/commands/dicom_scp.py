@@ -23,4 +23,3 @@ class Command(BaseCommand):
         # shutdown() stops accepting; associations in progress finish their current C-STORE,
         # whose Success is only sent after its commit.
         server.shutdown()
-        server.server_close()

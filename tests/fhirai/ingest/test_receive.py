@@ -1,0 +1,78 @@
+from __future__ import annotations
+
+from io import BytesIO
+
+import pytest
+from django.utils import timezone
+from pydicom import dcmread
+
+from fhirai import blobs
+from fhirai.audit.models import TimelineEvent
+from fhirai.errors import InvalidInput, Unavailable
+from fhirai.ingest.models import Instance, Rejection, Study, StudyState
+from fhirai.ingest.receive import input_reject, instance_receive
+from tests.support.phantom import ct_phantom
+
+pytestmark = pytest.mark.django_db
+
+
+def test_receive_keeps_the_bytes_as_sent_and_commits_the_row(phantom, blob_dir):
+    got = instance_receive(raw=phantom.files[0], calling_ae="MODALITY1")
+    instance = Instance.objects.get(pk=got.instance_id)
+    assert blobs.get(instance.blob_key) == phantom.files[0]
+    assert (blob_dir / instance.blob_key).is_file()
+    study = instance.study
+    assert study.state == StudyState.RECEIVING and study.instance_count == 1 and study.calling_ae == "MODALITY1"
+    assert study.patient_id == "MRN-7734921" and study.modalities == "CT"
+    assert [e.event for e in TimelineEvent.objects.filter(item_id=study.pk)] == ["received", "acked"]
+
+
+def test_duplicate_instance_is_acknowledged_without_a_second_row(phantom, blob_dir):
+    first = instance_receive(raw=phantom.files[0])
+    again = instance_receive(raw=phantom.files[0])
+    assert again.duplicate and again.instance_id == first.instance_id
+    assert Instance.objects.count() == 1 and Study.objects.get().instance_count == 1
+
+
+def test_dataset_without_study_uid_is_invalid_input(phantom, blob_dir):
+    ds = dcmread(BytesIO(phantom.files[0]))
+    del ds.StudyInstanceUID
+    out = BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    with pytest.raises(InvalidInput) as exc:
+        instance_receive(raw=out.getvalue())
+    assert exc.value.code == "missing-attribute" and "StudyInstanceUID" in exc.value.detail
+    assert not Instance.objects.exists()
+
+
+def test_rejected_input_is_kept_for_inspection(blob_dir):
+    rejection = input_reject(protocol="dicom", raw=b"not dicom", peer="X@127.0.0.1:1", code="unparseable",
+                             detail="cannot parse the dataset")
+    assert Rejection.objects.get(pk=rejection.pk).code == "unparseable"
+    assert blobs.get(rejection.blob_key) == b"not dicom"
+
+
+def test_garbage_is_unparseable(blob_dir):
+    with pytest.raises(InvalidInput) as exc:
+        instance_receive(raw=b"\x00" * 50)
+    assert exc.value.code == "unparseable"
+
+
+def test_blob_store_failure_is_unavailable_and_nothing_is_committed(phantom, settings, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_bytes(b"")
+    settings.FHIRAI_BLOB_DIR = blocker / "blobs"  # a directory under a file: every write fails
+    with pytest.raises(Unavailable):
+        instance_receive(raw=phantom.files[0])
+    assert not Study.objects.exists()
+
+
+def test_new_instance_after_completion_opens_a_revision(blob_dir):
+    ph = ct_phantom(slices=6, size=32)
+    instance_receive(raw=ph.files[0])
+    Study.objects.update(state=StudyState.REPORTED, state_changed_at=timezone.now())
+    instance_receive(raw=ph.files[1])
+    study = Study.objects.get()
+    assert study.state == StudyState.RECEIVING and study.revision == 2 and study.instance_count == 2
+    instance_receive(raw=ph.files[1])  # a resend of the late instance changes nothing more
+    assert Study.objects.get().revision == 2

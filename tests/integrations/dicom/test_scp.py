@@ -1,0 +1,81 @@
+"""The SCP on a real socket, driven by a pynetdicom SCU (and by dcmtk in tests/e2e)."""
+from __future__ import annotations
+
+from io import BytesIO
+
+import pytest
+from pydicom import dcmread
+from pynetdicom import AE
+from pynetdicom.sop_class import CTImageStorage, Verification  # type: ignore[attr-defined]
+from pydicom.uid import JPEGBaseline8Bit, JPEG2000Lossless
+
+from fhirai.ingest.models import Instance, Rejection, Study
+from integrations.dicom import status
+from integrations.dicom.scp import application_entity, server_start
+from tests.support.product import free_port
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def scp(settings):
+    port = free_port()
+    server = server_start(("127.0.0.1", port))
+    yield port
+    server.shutdown()
+
+
+def _assoc(port: int, *contexts: object):
+    scu = AE(ae_title="TESTSCU")
+    for context in contexts:
+        scu.add_requested_context(context)
+    assoc = scu.associate("127.0.0.1", port, ae_title="FHIRAI")
+    assert assoc.is_established
+    return assoc
+
+
+def test_c_echo_succeeds(scp):
+    assoc = _assoc(scp, Verification)
+    assert assoc.send_c_echo().Status == status.SUCCESS
+    assoc.release()
+
+
+def test_c_store_success_means_the_instance_is_committed(scp, phantom, blob_dir):
+    assoc = _assoc(scp, CTImageStorage)
+    for raw in phantom.files[:3]:
+        assert assoc.send_c_store(dcmread(BytesIO(raw))).Status == status.SUCCESS
+        # Success has arrived: the row must already be visible to another connection.
+        assert Instance.objects.filter(sop_instance_uid=dcmread(BytesIO(raw)).SOPInstanceUID).exists()
+    assoc.release()
+    study = Study.objects.get()
+    assert study.instance_count == 3 and study.calling_ae == "TESTSCU"
+
+
+def test_a_dataset_missing_its_study_uid_is_refused_and_kept(scp, phantom, blob_dir):
+    ds = dcmread(BytesIO(phantom.files[0]))
+    del ds.StudyInstanceUID
+    assoc = _assoc(scp, CTImageStorage)
+    reply = assoc.send_c_store(ds)
+    assoc.release()
+    assert reply.Status == status.DATASET_DOES_NOT_MATCH
+    assert "StudyInstanceUID" in reply.ErrorComment
+    rejection = Rejection.objects.get()
+    assert rejection.protocol == "dicom" and rejection.code == "missing-attribute" and rejection.blob_key
+    assert not Instance.objects.exists()
+
+
+def test_store_refused_with_out_of_resources_when_blobs_cannot_be_written(scp, phantom, settings, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_bytes(b"")
+    settings.FHIRAI_BLOB_DIR = blocker / "blobs"
+    assoc = _assoc(scp, CTImageStorage)
+    reply = assoc.send_c_store(dcmread(BytesIO(phantom.files[0])))
+    assoc.release()
+    assert reply.Status == status.OUT_OF_RESOURCES
+    assert not Instance.objects.exists()
+
+
+def test_compressed_transfer_syntaxes_are_accepted_for_ct():
+    ae = application_entity()
+    contexts = {c.abstract_syntax: c.transfer_syntax for c in ae.supported_contexts}
+    assert JPEGBaseline8Bit in contexts[CTImageStorage] and JPEG2000Lossless in contexts[CTImageStorage]

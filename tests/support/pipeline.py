@@ -1,0 +1,40 @@
+"""Drives the domain pipeline in-process, stage by stage, as the workers would."""
+from __future__ import annotations
+
+from typing import Any
+
+from fhirai.assembly.complete import study_mark_complete
+from fhirai.deid.study import study_deidentify
+from fhirai.ingest.models import Study
+from fhirai.ingest.receive import instance_receive
+from fhirai.routing.jobs import job_record_result
+from fhirai.routing.models import InferenceJob
+from tests.support.phantom import Phantom
+
+
+def receive(phantom: Phantom, *, calling_ae: str = "TESTSCU") -> Study:
+    results = [instance_receive(raw=raw, calling_ae=calling_ae) for raw in phantom.files]
+    return Study.objects.get(pk=results[0].study_id)
+
+
+def complete_and_deidentify(study: Study, settings: Any) -> InferenceJob | None:
+    settings.FHIRAI_STUDY_QUIET_SECONDS = 0
+    study.refresh_from_db()
+    assert study_mark_complete(study.pk, revision=study.revision)
+    study_deidentify(study.pk)
+    return InferenceJob.objects.filter(study=study).order_by("-id").first()
+
+
+def infer(job: InferenceJob) -> dict[str, Any]:
+    from workers.inference.runtime import run_model
+
+    return run_model(job.model.name, job.model.version, list(job.inputs))
+
+
+def run_all(phantom: Phantom, settings: Any) -> Study:
+    study = receive(phantom)
+    job = complete_and_deidentify(study, settings)
+    assert job is not None
+    job_record_result(job.pk, infer(job))
+    study.refresh_from_db()
+    return study
