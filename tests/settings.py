@@ -1,5 +1,6 @@
 """Test settings: the product's settings with the real services of this machine as defaults
 (PostgreSQL on 127.0.0.1:5432, Redis on 127.0.0.1:6379), each overridable by the environment."""
+
 import os
 import tempfile
 

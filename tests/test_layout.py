@@ -1,5 +1,6 @@
 """The design card's rules that a grep can check: imports flow inward, only settings.py reads the
 environment, and the README's settings table names every FHIRAI_* setting."""
+
 from __future__ import annotations
 
 import re
@@ -25,10 +26,13 @@ def test_the_domain_never_imports_adapters_or_workers():
 
 
 def test_only_settings_reads_the_environment():
-    offenders = [p.relative_to(ROOT).as_posix() for folder in ("fhirai", "integrations", "workers")
-                 for p in _python(folder)
-                 if re.search(r"os\.(environ|getenv)", p.read_text()) and p.name not in ("settings.py", "celery.py",
-                                                                                        "wsgi.py", "asgi.py")]
+    offenders = [
+        p.relative_to(ROOT).as_posix()
+        for folder in ("fhirai", "integrations", "workers")
+        for p in _python(folder)
+        if re.search(r"os\.(environ|getenv)", p.read_text())
+        and p.name not in ("settings.py", "celery.py", "wsgi.py", "asgi.py")
+    ]
     assert offenders == []
 
 

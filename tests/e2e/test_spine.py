@@ -1,6 +1,7 @@
 """The spine end to end: the real product (`manage.py run`: HTTP, DICOM SCP, Celery workers as
 separate processes) on PostgreSQL and Redis, a study sent over a real DICOM association (dcmtk's
 storescu when installed), the report read back over HTTP and from the upstream FHIR server."""
+
 from __future__ import annotations
 
 import os
@@ -32,8 +33,11 @@ def _reports(product: Product, study_uid: str) -> list[dict]:
 
 
 def _values(resources: list[dict]) -> dict[str, float]:
-    return {r["valueQuantity"]["code"]: r["valueQuantity"]["value"] for r in resources
-            if r["resourceType"] == "Observation"}
+    return {
+        r["valueQuantity"]["code"]: r["valueQuantity"]["value"]
+        for r in resources
+        if r["resourceType"] == "Observation"
+    }
 
 
 @pytest.fixture
@@ -54,7 +58,9 @@ def make_product(tmp_path, database, broker_url):
     started: list[Product] = []
 
     def make(**env: str) -> Product:
-        product = Product(tmp_path / "var", {"DATABASE_URL": database.url, "CELERY_BROKER_URL": broker_url, **env})
+        product = Product(
+            tmp_path / "var", {"DATABASE_URL": database.url, "CELERY_BROKER_URL": broker_url, **env}
+        )
         if not started:
             product.manage("migrate", "--noinput")
         started.append(product)
@@ -106,7 +112,9 @@ def test_study_in_report_out_written_upstream_and_a_resend_makes_no_second_repor
         assert len(upstream.state.all("DiagnosticReport")) == 1
 
 
-def test_killed_right_after_the_acks_the_product_still_reports_after_restart(make_product, tmp_path, database):
+def test_killed_right_after_the_acks_the_product_still_reports_after_restart(
+    make_product, tmp_path, database
+):
     ph = ct_phantom(slices=16, size=96, seed=22)
     product = make_product(FHIRAI_STUDY_QUIET_SECONDS="5")
     product.start()
@@ -139,6 +147,8 @@ def test_embedded_defaults_sqlite_and_embedded_broker(tmp_path):
         store_files(_write(ph, tmp_path / "study"), product.dicom_port)
         uid = ph.identifiers["StudyInstanceUID"]
         product.wait_for(f"/fhir/DiagnosticReport?study={uid}", lambda b: b.get("total") == 1)
-        assert (tmp_path / "var" / "fhirai.sqlite3").exists() and (tmp_path / "var" / "broker.sqlite3").exists()
+        assert (tmp_path / "var" / "fhirai.sqlite3").exists() and (
+            tmp_path / "var" / "broker.sqlite3"
+        ).exists()
     finally:
         product.stop()

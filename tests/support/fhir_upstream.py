@@ -7,6 +7,7 @@ atomically, with `ifNoneExist` conditional creates on `identifier=system|value` 
 `_tag=system|code` (R4 3.1.0.8.1), urn:uuid fullUrls resolved in references, and a
 transaction-response Bundle; plus GET search by identifier. It can be told to fail (503) or to
 refuse (422) so retries and visible failures can be tested."""
+
 from __future__ import annotations
 
 import json
@@ -34,11 +35,17 @@ class UpstreamState:
         out = []
         for res in self.all(rtype):
             if name == "identifier":
-                hits = [i for i in res.get("identifier", []) if i.get("value") == value and
-                        (not system or i.get("system") == system)]
+                hits = [
+                    i
+                    for i in res.get("identifier", [])
+                    if i.get("value") == value and (not system or i.get("system") == system)
+                ]
             elif name == "_tag":
-                hits = [t for t in res.get("meta", {}).get("tag", []) if t.get("code") == value and
-                        (not system or t.get("system") == system)]
+                hits = [
+                    t
+                    for t in res.get("meta", {}).get("tag", [])
+                    if t.get("code") == value and (not system or t.get("system") == system)
+                ]
             else:
                 raise ValueError(f"unsupported ifNoneExist {name}")
             if hits:
@@ -77,13 +84,34 @@ def _handler(state: UpstreamState) -> type[BaseHTTPRequestHandler]:
                 state.requests += 1
                 state.auth_headers.append(self.headers.get("Authorization", ""))
                 if state.fail_with:
-                    self._send(state.fail_with, {"resourceType": "OperationOutcome", "issue": [
-                        {"severity": "error", "code": "transient" if state.fail_with >= 500 else "invalid",
-                         "diagnostics": "told to fail"}]})
+                    self._send(
+                        state.fail_with,
+                        {
+                            "resourceType": "OperationOutcome",
+                            "issue": [
+                                {
+                                    "severity": "error",
+                                    "code": "transient" if state.fail_with >= 500 else "invalid",
+                                    "diagnostics": "told to fail",
+                                }
+                            ],
+                        },
+                    )
                     return
                 if bundle.get("resourceType") != "Bundle" or bundle.get("type") != "transaction":
-                    self._send(400, {"resourceType": "OperationOutcome", "issue": [
-                        {"severity": "error", "code": "invalid", "diagnostics": "expected a transaction"}]})
+                    self._send(
+                        400,
+                        {
+                            "resourceType": "OperationOutcome",
+                            "issue": [
+                                {
+                                    "severity": "error",
+                                    "code": "invalid",
+                                    "diagnostics": "expected a transaction",
+                                }
+                            ],
+                        },
+                    )
                     return
                 ids, responses, staged = {}, [], []
                 for entry in bundle["entry"]:
@@ -96,7 +124,9 @@ def _handler(state: UpstreamState) -> type[BaseHTTPRequestHandler]:
                         rid, status = uuid.uuid4().hex, "201 Created"
                         staged.append((rtype, rid, res))
                     ids[entry["fullUrl"]] = f"{rtype}/{rid}"
-                    responses.append({"response": {"status": status, "location": f"{rtype}/{rid}/_history/1"}})
+                    responses.append(
+                        {"response": {"status": status, "location": f"{rtype}/{rid}/_history/1"}}
+                    )
                 for rtype, rid, res in staged:  # commit all at once: transactions are atomic
                     state.resources.setdefault(rtype, {})[rid] = {**_resolve(res, ids), "id": rid}
             self._send(200, {"resourceType": "Bundle", "type": "transaction-response", "entry": responses})
@@ -106,10 +136,20 @@ def _handler(state: UpstreamState) -> type[BaseHTTPRequestHandler]:
             rtype = url.path.rstrip("/").rsplit("/", 1)[-1]
             query = parse_qs(url.query)
             with state.lock:
-                found = state.find(rtype, f"identifier={query['identifier'][0]}") if "identifier" in query \
+                found = (
+                    state.find(rtype, f"identifier={query['identifier'][0]}")
+                    if "identifier" in query
                     else state.all(rtype)
-            self._send(200, {"resourceType": "Bundle", "type": "searchset", "total": len(found),
-                             "entry": [{"resource": r} for r in found]})
+                )
+            self._send(
+                200,
+                {
+                    "resourceType": "Bundle",
+                    "type": "searchset",
+                    "total": len(found),
+                    "entry": [{"resource": r} for r in found],
+                },
+            )
 
     return Handler
 

@@ -3,6 +3,7 @@
 Body: an elliptic cylinder of soft tissue (40 HU) on a table (+200 HU) in air (-1000 HU). Two
 ellipsoid lungs (-850 HU) with a known share of emphysema-like voxels (-980 HU), a trachea of air
 inside the body above them (not lung), and Gaussian noise. Truth is counted from the masks."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -34,9 +35,18 @@ IDENTITY = {
 }
 
 
-def ct_phantom(*, slices: int = 24, size: int = 96, pixel_mm: float = 2.0, slice_mm: float = 5.0,
-               emphysema: float = 0.12, noise: float = 15.0, seed: int = 1,
-               identity: dict[str, str] | None = None, study_uid: str | None = None) -> Phantom:
+def ct_phantom(
+    *,
+    slices: int = 24,
+    size: int = 96,
+    pixel_mm: float = 2.0,
+    slice_mm: float = 5.0,
+    emphysema: float = 0.12,
+    noise: float = 15.0,
+    seed: int = 1,
+    identity: dict[str, str] | None = None,
+    study_uid: str | None = None,
+) -> Phantom:
     """A phantom as Part 10 byte streams (explicit VR little endian), with its truth."""
     rng = np.random.default_rng(seed)
     ident = {**IDENTITY, **(identity or {})}
@@ -58,7 +68,9 @@ def ct_phantom(*, slices: int = 24, size: int = 96, pixel_mm: float = 2.0, slice
         lung = np.zeros((size, size), bool)
         if r > 0:
             for cx in (c - 0.17 * size, c + 0.17 * size):
-                lung |= ((xx - cx) / (0.13 * size * r**0.5)) ** 2 + ((yy - c) / (0.2 * size * r**0.5)) ** 2 <= 1
+                lung |= ((xx - cx) / (0.13 * size * r**0.5)) ** 2 + (
+                    (yy - c) / (0.2 * size * r**0.5)
+                ) ** 2 <= 1
         if z > 0.5:
             img[trachea & ~lung] = -1000
         img[lung] = -850
@@ -74,13 +86,26 @@ def ct_phantom(*, slices: int = 24, size: int = 96, pixel_mm: float = 2.0, slice
         files=files,
         lung_volume_ml=lung_total * pixel_mm * pixel_mm * slice_mm / 1000,
         laa950_pct=100 * low_total / max(lung_total, 1),
-        identifiers={**ident, "StudyInstanceUID": study_uid, "SeriesInstanceUID": series_uid,
-                     "FrameOfReferenceUID": frame_uid},
+        identifiers={
+            **ident,
+            "StudyInstanceUID": study_uid,
+            "SeriesInstanceUID": series_uid,
+            "FrameOfReferenceUID": frame_uid,
+        },
     )
 
 
-def _slice(img: np.ndarray, k: int, ident: dict[str, str], study_uid: str, series_uid: str, frame_uid: str,
-           pixel_mm: float, slice_mm: float, size: int) -> bytes:
+def _slice(
+    img: np.ndarray,
+    k: int,
+    ident: dict[str, str],
+    study_uid: str,
+    series_uid: str,
+    frame_uid: str,
+    pixel_mm: float,
+    slice_mm: float,
+    size: int,
+) -> bytes:
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = CTImageStorage
     meta.MediaStorageSOPInstanceUID = generate_uid()
@@ -100,7 +125,9 @@ def _slice(img: np.ndarray, k: int, ident: dict[str, str], study_uid: str, serie
     ref = Dataset()
     ref.ReferencedSOPClassUID, ref.ReferencedSOPInstanceUID = CTImageStorage, generate_uid()
     ds.ReferencedImageSequence = Sequence([ref])
-    ds.private_block(0x0009, "EXAMPLE VENDOR", create=True).add_new(0x10, "LO", f"private {ident['PatientID']}")
+    ds.private_block(0x0009, "EXAMPLE VENDOR", create=True).add_new(
+        0x10, "LO", f"private {ident['PatientID']}"
+    )
     ds.ImagePositionPatient = [-size * pixel_mm / 2, -size * pixel_mm / 2, k * slice_mm]
     ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
     ds.SliceThickness, ds.PixelSpacing = slice_mm, [pixel_mm, pixel_mm]

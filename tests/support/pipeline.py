@@ -1,4 +1,5 @@
 """Drives the domain pipeline in-process, stage by stage, as the workers would."""
+
 from __future__ import annotations
 
 from typing import Any

@@ -1,5 +1,6 @@
 """Runs the real product (`python manage.py run`) as a separate process group on free loopback
 ports, for end-to-end tests: real sockets, real Celery worker processes, real PostgreSQL/Redis."""
+
 from __future__ import annotations
 
 import json
@@ -81,16 +82,28 @@ class Product:
         return f"http://127.0.0.1:{self.http_port}"
 
     def manage(self, *args: str) -> str:
-        done = subprocess.run([sys.executable, "manage.py", *args], cwd=ROOT, env=self.env, capture_output=True,
-                              text=True, timeout=300)
+        done = subprocess.run(
+            [sys.executable, "manage.py", *args],
+            cwd=ROOT,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert done.returncode == 0, done.stderr[-3000:]
         return done.stdout
 
     def start(self, timeout: float = 90) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.log, "ab")  # noqa: SIM115 - handed to the child
-        self.process = subprocess.Popen([sys.executable, "manage.py", "run"], cwd=ROOT, env=self.env,
-                                        stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.process = subprocess.Popen(
+            [sys.executable, "manage.py", "run"],
+            cwd=ROOT,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -170,8 +183,13 @@ def store_files(directory: Path, port: int, ae: str = "FHIRAI") -> None:
     else with a pynetdicom SCU."""
     storescu = shutil.which("storescu")
     if storescu:
-        done = subprocess.run([storescu, "-aec", ae, "+sd", "127.0.0.1", str(port), str(directory)],
-                              env={**os.environ, "TCP_NODELAY": "1"}, capture_output=True, text=True, timeout=300)
+        done = subprocess.run(
+            [storescu, "-aec", ae, "+sd", "127.0.0.1", str(port), str(directory)],
+            env={**os.environ, "TCP_NODELAY": "1"},
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert done.returncode == 0, done.stderr[-2000:]
         return
     from pydicom import dcmread

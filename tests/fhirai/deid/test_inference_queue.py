@@ -1,6 +1,7 @@
 """Invariant 3: the inference tier gets de-identified data only. The pipeline runs for real up to
 the hand-off, the message is published to the real broker (Redis), and then we read what sits on
 the `inference` queue, and every model input it names, looking for any identifier of the input."""
+
 from __future__ import annotations
 
 import base64
@@ -33,8 +34,9 @@ def _identifiers(ph) -> list[str]:
     return values
 
 
-def test_no_identifier_reaches_the_inference_queue_or_model_inputs(settings, blob_dir, broker,
-                                                                   django_capture_on_commit_callbacks):
+def test_no_identifier_reaches_the_inference_queue_or_model_inputs(
+    settings, blob_dir, broker, django_capture_on_commit_callbacks
+):
     ph = ct_phantom(slices=8, size=48, seed=11)
     study = pipeline.receive(ph)
     with django_capture_on_commit_callbacks(execute=True):
@@ -43,8 +45,11 @@ def test_no_identifier_reaches_the_inference_queue_or_model_inputs(settings, blo
     raw_messages = broker.lrange("inference", 0, -1)
     assert len(raw_messages) == 1
     envelope = json.loads(raw_messages[0])
-    body = base64.b64decode(envelope["body"]).decode() if envelope.get("properties", {}).get(
-        "body_encoding") == "base64" else envelope["body"]
+    body = (
+        base64.b64decode(envelope["body"]).decode()
+        if envelope.get("properties", {}).get("body_encoding") == "base64"
+        else envelope["body"]
+    )
     wire = raw_messages[0].decode() + body
     args = json.loads(body)[0]
     assert args[0] == job.pk and args[1] == "ct-lung-quant"

@@ -31,7 +31,9 @@ def test_basic_profile_remaps_uids_consistently_and_keeps_pixels(phantom):
     assert a.SOPInstanceUID != original.SOPInstanceUID
     assert a.file_meta.MediaStorageSOPInstanceUID == a.SOPInstanceUID
     assert a.SOPClassUID == original.SOPClassUID  # a DICOM standard UID: kept
-    assert a.ReferencedImageSequence[0].ReferencedSOPInstanceUID != \
-        original.ReferencedImageSequence[0].ReferencedSOPInstanceUID
+    assert (
+        a.ReferencedImageSequence[0].ReferencedSOPInstanceUID
+        != original.ReferencedImageSequence[0].ReferencedSOPInstanceUID
+    )
     assert a.PixelData == original.PixelData
     assert a.file_meta.TransferSyntaxUID == original.file_meta.TransferSyntaxUID

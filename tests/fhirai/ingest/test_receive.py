@@ -22,7 +22,9 @@ def test_receive_keeps_the_bytes_as_sent_and_commits_the_row(phantom, blob_dir):
     assert blobs.get(instance.blob_key) == phantom.files[0]
     assert (blob_dir / instance.blob_key).is_file()
     study = instance.study
-    assert study.state == StudyState.RECEIVING and study.instance_count == 1 and study.calling_ae == "MODALITY1"
+    assert (
+        study.state == StudyState.RECEIVING and study.instance_count == 1 and study.calling_ae == "MODALITY1"
+    )
     assert study.patient_id == "MRN-7734921" and study.modalities == "CT"
     assert [e.event for e in TimelineEvent.objects.filter(item_id=study.pk)] == ["received", "acked"]
 
@@ -46,8 +48,13 @@ def test_dataset_without_study_uid_is_invalid_input(phantom, blob_dir):
 
 
 def test_rejected_input_is_kept_for_inspection(blob_dir):
-    rejection = input_reject(protocol="dicom", raw=b"not dicom", peer="X@127.0.0.1:1", code="unparseable",
-                             detail="cannot parse the dataset")
+    rejection = input_reject(
+        protocol="dicom",
+        raw=b"not dicom",
+        peer="X@127.0.0.1:1",
+        code="unparseable",
+        detail="cannot parse the dataset",
+    )
     assert Rejection.objects.get(pk=rejection.pk).code == "unparseable"
     assert blobs.get(rejection.blob_key) == b"not dicom"
 

@@ -20,7 +20,10 @@ def test_report_carries_the_models_values_for_the_original_patient_and_study(pha
     DiagnosticReport.model_validate(report)
     assert report["status"] == "final"
     assert report["subject"]["identifier"]["value"] == "MRN-7734921"
-    assert report["imagingStudy"][0]["identifier"]["value"] == f"urn:oid:{phantom.identifiers['StudyInstanceUID']}"
+    assert (
+        report["imagingStudy"][0]["identifier"]["value"]
+        == f"urn:oid:{phantom.identifiers['StudyInstanceUID']}"
+    )
     assert report["category"][0]["coding"][0]["code"] == "RAD"
     assert report["effectiveDateTime"].startswith("2026-03-15T08:30:00")
     values = {}

@@ -26,8 +26,9 @@ def _reported(phantom, settings) -> Delivery:
     return Delivery.objects.get()
 
 
-def test_report_is_written_upstream_as_one_transaction_with_resolved_references(phantom, settings, blob_dir,
-                                                                                 upstream):
+def test_report_is_written_upstream_as_one_transaction_with_resolved_references(
+    phantom, settings, blob_dir, upstream
+):
     delivery = _reported(phantom, settings)
     delivery_attempt(delivery.pk)
     delivery.refresh_from_db()
@@ -53,7 +54,12 @@ def test_sending_the_same_report_again_creates_nothing_new_upstream(phantom, set
     delivery_attempt(delivery.pk)
     state = upstream.state
     assert state.requests == 2
-    assert [len(state.all(t)) for t in ("DiagnosticReport", "Observation", "Device", "Provenance")] == [1, 2, 1, 1]
+    assert [len(state.all(t)) for t in ("DiagnosticReport", "Observation", "Device", "Provenance")] == [
+        1,
+        2,
+        1,
+        1,
+    ]
 
 
 def test_upstream_down_is_retried_with_backoff_until_it_answers(phantom, settings, blob_dir, upstream):

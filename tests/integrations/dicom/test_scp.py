@@ -1,13 +1,14 @@
 """The SCP on a real socket, driven by a pynetdicom SCU (and by dcmtk in tests/e2e)."""
+
 from __future__ import annotations
 
 from io import BytesIO
 
 import pytest
 from pydicom import dcmread
+from pydicom.uid import JPEG2000Lossless, JPEGBaseline8Bit
 from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage, Verification  # type: ignore[attr-defined]
-from pydicom.uid import JPEGBaseline8Bit, JPEG2000Lossless
 
 from fhirai.ingest.models import Instance, Rejection, Study
 from integrations.dicom import status

@@ -19,7 +19,9 @@ def test_metadata_is_an_r4_capability_statement(client):
     assert response.status_code == 200 and response["Content-Type"].startswith("application/fhir+json")
     assert body["resourceType"] == "CapabilityStatement" and body["fhirVersion"] == "4.0.1"
     types = {r["type"]: r for r in body["rest"][0]["resource"]}
-    assert "DiagnosticReport" in types and "study" in {p["name"] for p in types["DiagnosticReport"]["searchParam"]}
+    assert "DiagnosticReport" in types and "study" in {
+        p["name"] for p in types["DiagnosticReport"]["searchParam"]
+    }
 
 
 def test_read_a_report_with_etag(client, reported):
@@ -40,9 +42,16 @@ def test_search_by_patient_identifier_and_by_study(client, reported, phantom):
     by_patient = client.get("/fhir/DiagnosticReport", {"subject:identifier": "MRN-7734921"}, **FHIR).json()
     assert by_patient["total"] == 1
     system = by_patient["entry"][0]["resource"]["subject"]["identifier"]["system"]
-    assert client.get("/fhir/DiagnosticReport", {"patient:identifier": f"{system}|MRN-7734921"},
-                      **FHIR).json()["total"] == 1
-    assert client.get("/fhir/DiagnosticReport", {"subject:identifier": "someone-else"}, **FHIR).json()["total"] == 0
+    assert (
+        client.get("/fhir/DiagnosticReport", {"patient:identifier": f"{system}|MRN-7734921"}, **FHIR).json()[
+            "total"
+        ]
+        == 1
+    )
+    assert (
+        client.get("/fhir/DiagnosticReport", {"subject:identifier": "someone-else"}, **FHIR).json()["total"]
+        == 0
+    )
     uid = phantom.identifiers["StudyInstanceUID"]
     for value in (uid, f"urn:oid:{uid}", f"urn:dicom:uid|urn:oid:{uid}"):
         assert client.get("/fhir/DiagnosticReport", {"study": value}, **FHIR).json()["total"] == 1
