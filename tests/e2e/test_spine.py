@@ -5,6 +5,7 @@ storescu when installed), the report read back over HTTP and from the upstream F
 from __future__ import annotations
 
 import os
+import sqlite3
 import time
 from pathlib import Path
 
@@ -139,16 +140,33 @@ def test_killed_during_inference_the_product_still_reports_after_restart(make_pr
     assert state in {"queued", "reported"}
 
 
-def test_embedded_defaults_sqlite_and_embedded_broker(tmp_path):
+def test_embedded_defaults_survive_a_kill_during_inference(tmp_path):
+    """SQLite and the SQLite-backed broker: the embedded broker loses the messages a killed worker
+    held, so this is the case the sweep and the start-up recovery exist for."""
     ph = ct_phantom(slices=12, size=64, seed=24)
-    product = Product(tmp_path / "var", {})  # no DATABASE_URL, no CELERY_BROKER_URL: the embedded product
+    var = tmp_path / "var"
+    product = Product(var, {})  # no DATABASE_URL, no CELERY_BROKER_URL: the embedded product
     try:
         product.start()
         store_files(_write(ph, tmp_path / "study"), product.dicom_port)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and _sqlite_state(var) not in ("queued", "reported"):
+            time.sleep(0.1)
+        product.kill()
+        product.start()
         uid = ph.identifiers["StudyInstanceUID"]
         product.wait_for(f"/fhir/DiagnosticReport?study={uid}", lambda b: b.get("total") == 1)
-        assert (tmp_path / "var" / "fhirai.sqlite3").exists() and (
-            tmp_path / "var" / "broker.sqlite3"
-        ).exists()
+        assert (var / "fhirai.sqlite3").exists() and (var / "broker.sqlite3").exists()
     finally:
         product.stop()
+
+
+def _sqlite_state(var: Path) -> str:
+    if not (var / "fhirai.sqlite3").exists():
+        return ""
+    with sqlite3.connect(var / "fhirai.sqlite3", timeout=5) as conn:
+        try:
+            row = conn.execute("SELECT state FROM ingest_study").fetchone()
+        except sqlite3.OperationalError:
+            return ""
+    return row[0] if row else ""
