@@ -3,7 +3,8 @@
 Both receivers get the same CT studies from the same sender (dcmtk's storescu), one association
 per study, with TCP_NODELAY on both sides. storescp writes files and does not fsync; fhirai fsyncs
 the blob and commits a database row before each Success (that is its contract). The figure is
-images/s for each, and fhirai/storescp as a ratio; then the seconds from the last C-STORE to the
+images/s for each, and fhirai/storescp as a ratio (plus a bare pynetdicom SCP that does no
+work, the floor of the library fhirai's SCP is built on); then the seconds from the last C-STORE to the
 DiagnosticReport being served, for each study."""
 
 from __future__ import annotations
@@ -68,6 +69,39 @@ def bench_storescp(folders: list[Path], workdir: Path) -> list[float]:
         proc.wait()
 
 
+BARE_SCP = """
+import socket, sys, threading
+from pynetdicom import ALL_TRANSFER_SYNTAXES, AE, AllStoragePresentationContexts, evt
+from pynetdicom.transport import ThreadedAssociationServer
+
+class NoDelay(ThreadedAssociationServer):
+    def get_request(self):
+        sock, address = super().get_request()
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock, address
+
+ae = AE("BARE")
+for context in AllStoragePresentationContexts:
+    ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+server = ae.make_server(("127.0.0.1", int(sys.argv[1])), server_class=NoDelay,
+                        evt_handlers=[(evt.EVT_C_STORE, lambda event: 0)])
+server.serve_forever()
+"""
+
+
+def bench_bare_pynetdicom(folders: list[Path]) -> list[float]:
+    """pynetdicom's own floor: an SCP whose handler answers Success without looking at the data."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-c", BARE_SCP, str(port)])
+    try:
+        while not port_open(port):
+            time.sleep(0.05)
+        return [send(folder, port, "BARE") for folder in folders]
+    finally:
+        proc.terminate()
+        proc.wait()
+
+
 def bench_fhirai(folders: list[Path], workdir: Path, env: dict[str, str]) -> tuple[list[float], list[float]]:
     product = Product(workdir / "fhirai-var", env)
     if "DATABASE_URL" in env:
@@ -110,6 +144,7 @@ def main() -> None:
         if args.broker_url:
             env["CELERY_BROKER_URL"] = args.broker_url
         dcmtk = bench_storescp(folders, workdir)
+        bare = bench_bare_pynetdicom(folders)
         if args.database_url:
             with FreshDatabase(args.database_url) as db:
                 ours, latency = bench_fhirai(folders, workdir, {**env, "DATABASE_URL": db.url})
@@ -128,7 +163,12 @@ def main() -> None:
     )
     print(f"dcmtk storescp : {rate(dcmtk):7.1f} images/s  (median of {[round(s, 2) for s in dcmtk]} s)")
     print(f"fhirai ({backend}): {rate(ours):7.1f} images/s  (median of {[round(s, 2) for s in ours]} s)")
-    print(f"ratio fhirai/storescp: {rate(ours) / rate(dcmtk):.2f}")
+    print(
+        f"bare pynetdicom SCP (no work): {rate(bare):7.1f} images/s  (median of {[round(s, 2) for s in bare]} s)"
+    )
+    print(
+        f"ratio fhirai/storescp: {rate(ours) / rate(dcmtk):.2f}; fhirai/bare pynetdicom: {rate(ours) / rate(bare):.2f}"
+    )
     print(
         f"last C-STORE -> DiagnosticReport: median {statistics.median(latency):.1f} s "
         f"(runs {[round(s, 1) for s in latency]}; includes the {args.quiet:.0f} s quiet period)"
