@@ -54,16 +54,17 @@ def bench_storescp(folders: list[Path], workdir: Path) -> list[float]:
     port = free_port()
     out = workdir / "storescp-out"
     out.mkdir()
-    proc = subprocess.Popen(
-        ["storescp", "-aet", "STORESCP", "+xa", "-od", str(out), str(port)],
-        env=NODELAY,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    argv = ["storescp", "-aet", "STORESCP", "+xa", "-od", str(out), str(port)]
+    return send_to_process(argv, port, "STORESCP", folders)
+
+
+def send_to_process(argv: list[str], port: int, ae: str, folders: list[Path]) -> list[float]:
+    """Start a receiver process, send every study to it, stop it; seconds per study."""
+    proc = subprocess.Popen(argv, env=NODELAY, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         while not port_open(port):
             time.sleep(0.05)
-        return [send(folder, port, "STORESCP") for folder in folders]
+        return [send(folder, port, ae) for folder in folders]
     finally:
         proc.terminate()
         proc.wait()
@@ -92,14 +93,7 @@ server.serve_forever()
 def bench_bare_pynetdicom(folders: list[Path]) -> list[float]:
     """pynetdicom's own floor: an SCP whose handler answers Success without looking at the data."""
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-c", BARE_SCP, str(port)])
-    try:
-        while not port_open(port):
-            time.sleep(0.05)
-        return [send(folder, port, "BARE") for folder in folders]
-    finally:
-        proc.terminate()
-        proc.wait()
+    return send_to_process([sys.executable, "-c", BARE_SCP, str(port)], port, "BARE", folders)
 
 
 def bench_fhirai(folders: list[Path], workdir: Path, env: dict[str, str]) -> tuple[list[float], list[float]]:

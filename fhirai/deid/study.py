@@ -14,6 +14,7 @@ from fhirai.deid.pseudonym import uid_remap
 from fhirai.deid.vault import vault_put
 from fhirai.ingest.models import Instance, Study, StudyState
 from fhirai.ingest.state import study_fail, study_transition
+from fhirai.routing.jobs import study_route
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,4 @@ def study_deidentify(study_id: int) -> None:
             study_pseudonym=study_pseudo,
         )
     if moved:
-        from fhirai.routing.jobs import study_route  # the next stage, same worker, no queue hop
-
-        study_route(study_id)
+        study_route(study_id)  # the next stage in the same worker: no queue hop

@@ -25,6 +25,7 @@ from fhirai.ingest.models import Study, StudyState
 from fhirai.ingest.state import study_transition
 from fhirai.results.models import FhirResource
 from fhirai.results.store import Token, resource_put
+from fhirai.results.writeback import deliveries_create
 
 UCUM = "http://unitsofmeasure.org"
 DICOM_UID_SYSTEM = "urn:dicom:uid"
@@ -59,8 +60,6 @@ def validated(content: dict[str, Any]) -> dict[str, Any]:
 def report_from_job(job: Any) -> FhirResource:
     """Build, store and queue the report for the study's finished jobs (call inside the transaction
     that recorded the last job's result)."""
-    from fhirai.results.writeback import deliveries_create
-
     study: Study = job.study
     model = job.model
     study_uid = vault_lookup("study-uid", study.study_pseudonym)

@@ -22,6 +22,7 @@ from fhirai.errors import Unavailable
 from fhirai.ingest.models import Study, StudyState
 from fhirai.ingest.state import study_fail, study_transition
 from fhirai.results.models import Delivery, DeliveryState, FhirResource
+from fhirai.results.store import resource_read
 
 log = logging.getLogger(__name__)
 FHIR_UPSTREAM = "fhir-upstream"
@@ -161,8 +162,6 @@ def report_bundle(report: FhirResource) -> dict[str, Any]:
     """The transaction Bundle for one stored report: Device, Observations, DiagnosticReport and
     Provenance as conditional creates, cross-referenced by urn:uuid. ImagingStudy and Patient stay
     logical references by identifier: the upstream owns those records."""
-    from fhirai.results.store import resource_read
-
     content = report.content
     observations = [
         resource_read("Observation", r["reference"].split("/", 1)[1]).content

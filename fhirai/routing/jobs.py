@@ -14,7 +14,8 @@ from fhirai.audit.timeline import Event, record
 from fhirai.celery import TASK_INFER, dispatch_on_commit
 from fhirai.ingest.models import Study, StudyState
 from fhirai.ingest.state import study_fail, study_transition
-from fhirai.routing.models import InferenceJob, JobState, ModelRecord
+from fhirai.results.report import report_from_job
+from fhirai.routing.models import InferenceJob, JobState
 from fhirai.routing.rules import model_inputs, study_models
 
 log = logging.getLogger(__name__)
@@ -73,8 +74,6 @@ def job_dispatch(job: InferenceJob) -> None:
 def job_record_result(job_id: int, output: dict[str, Any]) -> None:
     """Record a model's output and build the report, in one transaction; a second delivery of the
     same result changes nothing."""
-    from fhirai.results.report import report_from_job  # results builds on routing, not the reverse
-
     with transaction.atomic():
         job = (
             InferenceJob.objects.select_for_update()
@@ -143,7 +142,3 @@ def job_retry(job: InferenceJob) -> int:
         )
         job_dispatch(job)
     return 1
-
-
-def model_by_name(name: str, version: str) -> ModelRecord:
-    return ModelRecord.objects.get(name=name, version=version)
