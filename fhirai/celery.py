@@ -23,6 +23,7 @@ app.conf.imports = ("workers.tasks",)  # loaded by workers at start; senders dis
 TASK_DEIDENTIFY = "workers.tasks.study_deidentify"
 TASK_INFER = "workers.tasks.study_infer"
 TASK_DELIVER = "workers.tasks.delivery_attempt"
+TASK_MESSAGES_PROCESS = "workers.tasks.messages_process"
 
 
 def dispatch(task_name: str, *args: Any) -> None:

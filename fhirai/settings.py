@@ -114,6 +114,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "fhirai.audit",
     "fhirai.ingest",
+    "fhirai.context",
     "fhirai.deid",
     "fhirai.routing",
     "fhirai.results",
@@ -121,6 +122,7 @@ INSTALLED_APPS = [
     "fhirai.ops",
     "integrations.dicom",
     "integrations.fhir",
+    "integrations.hl7",
 ]
 
 MIDDLEWARE = [
@@ -191,6 +193,15 @@ if not (0 < len(FHIRAI_DICOM_AE) <= 16):
 FHIRAI_DICOM_PORT = env_int("FHIRAI_DICOM_PORT", 11112, minimum=1)
 FHIRAI_DICOM_MAX_ASSOCIATIONS = env_int("FHIRAI_DICOM_MAX_ASSOCIATIONS", 16, minimum=1)
 FHIRAI_MLLP_PORT = env_int("FHIRAI_MLLP_PORT", 2575, minimum=1)
+FHIRAI_MLLP_MAX_BYTES = env_int("FHIRAI_MLLP_MAX_BYTES", 10 * 1024 * 1024, minimum=1024)
+FHIRAI_MLLP_ALLOW = [a.strip() for a in env_str("FHIRAI_MLLP_ALLOW").split(",") if a.strip()]
+FHIRAI_MLLP_TLS_CERT = env_str("FHIRAI_MLLP_TLS_CERT")
+FHIRAI_MLLP_TLS_KEY = env_str("FHIRAI_MLLP_TLS_KEY")
+FHIRAI_MLLP_TLS_CA = env_str("FHIRAI_MLLP_TLS_CA")
+FHIRAI_MLLP_IDLE_SECONDS = env_float("FHIRAI_MLLP_IDLE_SECONDS", 600.0)
+FHIRAI_HL7_APPLICATION = env_str("FHIRAI_HL7_APPLICATION", "FHIRAI")
+FHIRAI_HL7_FACILITY = env_str("FHIRAI_HL7_FACILITY", "")
+FHIRAI_HL7_READER = env_str("FHIRAI_HL7_READER", "integrations.hl7.reader.read_message")
 
 # --- pipeline ----------------------------------------------------------------------------------
 FHIRAI_STUDY_QUIET_SECONDS = env_float("FHIRAI_STUDY_QUIET_SECONDS", 5.0)

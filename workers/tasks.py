@@ -10,6 +10,7 @@ from typing import Any
 from celery import shared_task
 
 from fhirai import sweep
+from fhirai.context import messages
 from fhirai.deid import study as deid_study
 from fhirai.errors import Unavailable
 from fhirai.results import writeback
@@ -61,3 +62,8 @@ def delivery_attempt(delivery_id: int) -> None:
 @shared_task(name="workers.tasks.pipeline_sweep", acks_late=True, expires=30)
 def pipeline_sweep() -> None:
     sweep.pipeline_sweep()
+
+
+@shared_task(name="workers.tasks.messages_process", **RETRY)
+def messages_process(message_ids: list[int]) -> None:
+    messages.messages_process(up_to=max(message_ids))

@@ -16,6 +16,7 @@ class Event(models.TextChoices):
     QUEUED = "queued"
     INFERRED = "inferred"
     REPORTED = "reported"
+    PROCESSED = "processed"
     WRITTEN_BACK = "written_back"
     SKIPPED = "skipped"
     RETRIED = "retried"

@@ -87,3 +87,37 @@ class Rejection(models.Model):
 
     class Meta:
         ordering = ["-received_at"]
+
+
+class MessageState(models.TextChoices):
+    RECEIVED = "received"
+    PROCESSED = "processed"
+    FAILED = "failed"
+
+
+class Message(models.Model):
+    """One HL7 v2 message as received: raw bytes in the row (small, committed before the ACK).
+    Its identity is the sender (MSH-3^MSH-4) with the control ID (MSH-10): a resend is refused
+    by the unique constraint and acknowledged again (invariant 2)."""
+
+    sender = models.CharField(max_length=200)
+    control_id = models.CharField(max_length=199)
+    message_type = models.CharField(max_length=16)
+    version = models.CharField(max_length=8)
+    codec = models.CharField(max_length=16)
+    raw = models.BinaryField()
+    peer = models.CharField(max_length=128, blank=True, default="")
+    enhanced = models.BooleanField(default=False)
+    state = models.CharField(max_length=16, choices=MessageState.choices, default=MessageState.RECEIVED)
+    error = models.TextField(blank=True, default="")
+    received_at = models.DateTimeField()
+    processed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["sender", "control_id"], name="message_sender_control_id")
+        ]
+        indexes = [models.Index(fields=["state", "received_at"])]
+
+    def __str__(self) -> str:
+        return f"message {self.pk} ({self.message_type})"

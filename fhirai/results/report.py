@@ -5,7 +5,6 @@ R4 and R4B agree on every element used here), stored, and queued for write-back.
 
 from __future__ import annotations
 
-import uuid
 from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -13,17 +12,20 @@ from zoneinfo import ZoneInfo
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
-from fhir.resources.R4B.device import Device
-from fhir.resources.R4B.diagnosticreport import DiagnosticReport
-from fhir.resources.R4B.imagingstudy import ImagingStudy
-from fhir.resources.R4B.observation import Observation
-from fhir.resources.R4B.provenance import Provenance
 
 from fhirai.audit.timeline import Event
+from fhirai.context.records import (
+    order_for_accession,
+    order_identifiers,
+    order_reference,
+    patient_find,
+    patient_reference,
+)
 from fhirai.deid.vault import vault_lookup
 from fhirai.ingest.models import Study, StudyState
 from fhirai.ingest.state import study_transition
 from fhirai.results.models import FhirResource
+from fhirai.results.resources import stable_id, system, validated
 from fhirai.results.store import Token, resource_put
 from fhirai.results.writeback import deliveries_create
 
@@ -31,30 +33,6 @@ UCUM = "http://unitsofmeasure.org"
 DICOM_UID_SYSTEM = "urn:dicom:uid"
 OBS_CATEGORY = "http://terminology.hl7.org/CodeSystem/observation-category"
 V2_0074 = "http://terminology.hl7.org/CodeSystem/v2-0074"
-_NS = uuid.UUID("6f3f8a52-35c4-4f4b-9a0c-1b8e2f1c9d77")  # fhirai's namespace for deterministic ids
-_VALIDATORS = {
-    "DiagnosticReport": DiagnosticReport,
-    "Observation": Observation,
-    "Device": Device,
-    "Provenance": Provenance,
-    "ImagingStudy": ImagingStudy,
-}
-
-
-def system(kind: str) -> str:
-    """The identifier system fhirai uses for its own `kind` of resource at this site."""
-    return f"{settings.FHIRAI_IDENTIFIER_SYSTEM}:{kind}"
-
-
-def stable_id(*parts: str) -> str:
-    """A deterministic resource id (UUIDv5), so a rebuilt report keeps its id and retries are idempotent."""
-    return str(uuid.uuid5(_NS, "\x1f".join(parts)))
-
-
-def validated(content: dict[str, Any]) -> dict[str, Any]:
-    """Check `content` against the FHIR model of its type; raises ValueError when it does not conform."""
-    _VALIDATORS[content["resourceType"]].model_validate(content)
-    return content
 
 
 def report_from_job(job: Any) -> FhirResource:
@@ -64,7 +42,9 @@ def report_from_job(job: Any) -> FhirResource:
     model = job.model
     study_uid = vault_lookup("study-uid", study.study_pseudonym)
     issuer, _, patient_id = vault_lookup("patient-id", study.patient_pseudonym).partition("\x1f")
-    subject = patient_reference(patient_id, issuer)
+    order = order_for_accession(study.accession_number)
+    patient = order.patient.surviving() if order and order.patient else patient_find(patient_id)
+    subject = patient_reference(patient) if patient else dicom_patient_reference(patient_id, issuer)
     now = timezone.now()
     effective = study_datetime(study.study_date, study.study_time) or now
     report_key = f"{study_uid}\x1f{model.name}\x1f{model.version}"
@@ -91,6 +71,7 @@ def report_from_job(job: Any) -> FhirResource:
         "category": [{"coding": [{"system": V2_0074, "code": "RAD", "display": "Radiology"}]}],
         "code": model.report_code or {"text": model.title},
         "subject": subject,
+        **({"basedOn": [order_reference(order)]} if order else {}),
         "effectiveDateTime": effective.isoformat(),
         "issued": now.isoformat(),
         "imagingStudy": [{"reference": f"ImagingStudy/{imaging['id']}", **_study_identifier(study_uid)}],
@@ -136,7 +117,11 @@ def report_from_job(job: Any) -> FhirResource:
             }
         ],
     }
-    patient_token: Token = ("patient-identifier", subject["identifier"]["system"], patient_id)
+    patient_token: Token = (
+        "patient-identifier",
+        subject["identifier"]["system"],
+        subject["identifier"]["value"],
+    )
     study_tokens: list[Token] = [
         ("study", DICOM_UID_SYSTEM, f"urn:oid:{study_uid}"),
         ("study", "", study_uid),
@@ -171,7 +156,8 @@ def report_from_job(job: Any) -> FhirResource:
                 *study_tokens,
                 ("status", "", report["status"]),
             ]
-            + [("result", "", r["reference"]) for r in report["result"]],
+            + [("result", "", r["reference"]) for r in report["result"]]
+            + [("based-on", i["system"], i["value"]) for i in (order_identifiers(order) if order else [])],
         )
         resource_put(
             validated(provenance),
@@ -193,8 +179,8 @@ def report_from_job(job: Any) -> FhirResource:
     return row
 
 
-def patient_reference(patient_id: str, issuer: str = "") -> dict[str, Any]:
-    """A logical reference to the original Patient by identifier (the EHR owns the Patient)."""
+def dicom_patient_reference(patient_id: str, issuer: str = "") -> dict[str, Any]:
+    """A logical reference by the DICOM PatientID, for a patient no EHR message has described."""
     sys = (
         f"urn:oid:{issuer}"
         if issuer and all(p.isdigit() for p in issuer.split("."))

@@ -30,6 +30,7 @@ SEARCH: dict[str, dict[str, str]] = {
         "patient:identifier": "patient-identifier",
         "study": "study",
         "status": "status",
+        "based-on:identifier": "based-on",
     },
     "Observation": {
         "_id": "_id",
@@ -46,6 +47,13 @@ SEARCH: dict[str, dict[str, str]] = {
         "patient:identifier": "patient-identifier",
     },
     "Device": {"_id": "_id", "identifier": "identifier"},
+    "Patient": {"_id": "_id", "identifier": "identifier"},
+    "ServiceRequest": {
+        "_id": "_id",
+        "identifier": "identifier",
+        "subject:identifier": "patient-identifier",
+        "patient:identifier": "patient-identifier",
+    },
     "Provenance": {"_id": "_id", "target": "target"},
 }
 INCLUDES = {"DiagnosticReport": {"DiagnosticReport:result": "result"}}

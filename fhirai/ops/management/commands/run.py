@@ -57,6 +57,7 @@ def children() -> list[Child]:
     return [
         Child("http", [py, manage, "http"]),
         Child("dicom_scp", [py, manage, "dicom_scp"]),
+        Child("mllp", [py, manage, "mllp"]),
         Child(
             "worker-default",
             [
@@ -78,7 +79,7 @@ def children() -> list[Child]:
 
 
 class Command(BaseCommand):
-    help = "Run the whole product (HTTP, DICOM SCP, Celery workers) until SIGTERM/SIGINT."
+    help = "Run the whole product (HTTP, DICOM SCP, MLLP, Celery workers) until SIGTERM/SIGINT."
 
     def add_arguments(self, parser: Any) -> None:
         parser.add_argument(

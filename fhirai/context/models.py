@@ -1,0 +1,70 @@
+from __future__ import annotations
+
+from django.db import models
+
+
+class Patient(models.Model):
+    """A patient as the EHR describes it (identified: trusted side only)."""
+
+    mrn_system = models.CharField(max_length=255)
+    mrn = models.CharField(max_length=64)
+    family = models.CharField(max_length=194, blank=True, default="")
+    given = models.CharField(max_length=194, blank=True, default="")
+    birth_date = models.CharField(max_length=10, blank=True, default="")
+    sex = models.CharField(max_length=16, blank=True, default="")
+    merged_into = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="merged"
+    )
+    resource_id = models.CharField(max_length=64)
+    updated_at = models.DateTimeField()
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["mrn_system", "mrn"], name="patient_mrn")]
+        indexes = [models.Index(fields=["mrn"])]
+
+    def __str__(self) -> str:
+        return f"patient {self.pk}"
+
+    def surviving(self) -> Patient:
+        """The record results go to: this one, or the one it was merged into (ADT^A40)."""
+        patient, seen = self, set()
+        while patient.merged_into_id and patient.pk not in seen:
+            seen.add(patient.pk)
+            patient = patient.merged_into  # type: ignore[assignment]
+        return patient
+
+
+class Order(models.Model):
+    """An imaging order (FHIR ServiceRequest) keyed by accession number; linked to the study that
+    carries the same accession, whichever of the two arrives first."""
+
+    accession = models.CharField(max_length=64, unique=True)
+    placer_number = models.CharField(max_length=64, blank=True, default="")
+    filler_number = models.CharField(max_length=64, blank=True, default="")
+    procedure_code = models.CharField(max_length=64, blank=True, default="")
+    procedure_system = models.CharField(max_length=64, blank=True, default="")
+    procedure_text = models.CharField(max_length=199, blank=True, default="")
+    status = models.CharField(max_length=16, default="active")
+    patient = models.ForeignKey(
+        Patient, null=True, blank=True, on_delete=models.SET_NULL, related_name="orders"
+    )
+    resource_id = models.CharField(max_length=64)
+    updated_at = models.DateTimeField()
+
+    def __str__(self) -> str:
+        return f"order {self.pk}"
+
+
+class ClinicalReport(models.Model):
+    """A report from the EHR or RIS (ORU^R01): its text is kept for the NLP stage."""
+
+    message = models.OneToOneField("ingest.Message", on_delete=models.CASCADE, related_name="clinical_report")
+    accession = models.CharField(max_length=64, blank=True, default="")
+    placer_number = models.CharField(max_length=64, blank=True, default="")
+    filler_number = models.CharField(max_length=64, blank=True, default="")
+    status = models.CharField(max_length=8, blank=True, default="")
+    text = models.TextField(blank=True, default="")
+    patient = models.ForeignKey(
+        Patient, null=True, blank=True, on_delete=models.SET_NULL, related_name="reports"
+    )
+    received_at = models.DateTimeField()

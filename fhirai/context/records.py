@@ -1,0 +1,199 @@
+"""Patients and orders: upserts from the EHR's messages, merges, and the FHIR Patient and
+ServiceRequest resources that reports point at."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from fhirai.context.facts import OrderFacts, PatientFacts
+from fhirai.context.models import Order, Patient
+from fhirai.results.resources import stable_id, system, validated
+from fhirai.results.store import resource_put
+
+GENDER = {"M": "male", "F": "female", "O": "other", "A": "other", "U": "unknown", "N": "unknown"}
+V2_0203 = "http://terminology.hl7.org/CodeSystem/v2-0203"
+ORDER_STATUS = {
+    "CA": "revoked",
+    "DC": "revoked",
+    "CM": "completed",
+    "HD": "on-hold",
+    "SC": "active",
+    "IP": "active",
+    "NW": "active",
+    "XO": "active",
+}
+
+
+def mrn_system(authority: str) -> str:
+    """The identifier system of an MRN: per assigning authority (PID-3.4), else the site's default."""
+    return (
+        f"{settings.FHIRAI_IDENTIFIER_SYSTEM}:mrn:{authority}"
+        if authority
+        else settings.FHIRAI_PATIENT_ID_SYSTEM
+    )
+
+
+def patient_upsert(facts: PatientFacts) -> Patient:
+    """Create or update the patient named by MRN + authority; stored as a FHIR Patient too."""
+    sys = mrn_system(facts.mrn_authority)
+    with transaction.atomic():
+        patient, _ = Patient.objects.select_for_update().get_or_create(
+            mrn_system=sys,
+            mrn=facts.mrn,
+            defaults={"resource_id": stable_id("Patient", sys, facts.mrn), "updated_at": timezone.now()},
+        )
+        for attr in ("family", "given", "birth_date", "sex"):
+            value = getattr(facts, attr)
+            if value:
+                setattr(patient, attr, value)
+        patient.updated_at = timezone.now()
+        patient.save()
+        patient_resource_put(patient)
+    return patient
+
+
+def patient_merge(survivor: PatientFacts, prior: PatientFacts) -> Patient:
+    """ADT^A40: the prior record is merged into the survivor; later results go to the survivor."""
+    with transaction.atomic():
+        keep = patient_upsert(survivor)
+        old = patient_upsert(prior)
+        if old.pk != keep.pk:
+            old.merged_into = keep
+            old.save(update_fields=["merged_into"])
+            Order.objects.filter(patient=old).update(patient=keep)
+            patient_resource_put(old)
+    return keep
+
+
+def patient_find(mrn: str, authority_system: str = "") -> Patient | None:
+    """The surviving patient with this MRN (in this system, or the only one with this MRN)."""
+    qs = Patient.objects.filter(mrn=mrn)
+    if authority_system:
+        qs = qs.filter(mrn_system=authority_system)
+    found = list(qs[:2])
+    return found[0].surviving() if len(found) == 1 else None
+
+
+def patient_reference(patient: Patient) -> dict[str, Any]:
+    return {
+        "reference": f"Patient/{patient.resource_id}",
+        "type": "Patient",
+        "identifier": {"system": patient.mrn_system, "value": patient.mrn},
+    }
+
+
+def patient_resource_put(patient: Patient) -> None:
+    content: dict[str, Any] = {
+        "resourceType": "Patient",
+        "id": patient.resource_id,
+        "identifier": [
+            {
+                "type": {"coding": [{"system": V2_0203, "code": "MR"}]},
+                "system": patient.mrn_system,
+                "value": patient.mrn,
+            }
+        ],
+        "active": patient.merged_into_id is None,
+    }
+    if patient.family or patient.given:
+        name: dict[str, Any] = {"use": "official"}
+        if patient.family:
+            name["family"] = patient.family
+        if patient.given:
+            name["given"] = patient.given.split()
+        content["name"] = [name]
+    if patient.sex in GENDER:
+        content["gender"] = GENDER[patient.sex]
+    if patient.birth_date:
+        content["birthDate"] = patient.birth_date
+    if patient.merged_into_id:
+        survivor = patient.surviving()
+        content["link"] = [{"other": {"reference": f"Patient/{survivor.resource_id}"}, "type": "replaced-by"}]
+    resource_put(validated(content), tokens=[("identifier", patient.mrn_system, patient.mrn)])
+
+
+def order_upsert(facts: OrderFacts, patient: Patient | None) -> Order:
+    """Create or update the imaging order keyed by accession; stored as a FHIR ServiceRequest."""
+    with transaction.atomic():
+        order, _ = Order.objects.select_for_update().get_or_create(
+            accession=facts.accession,
+            defaults={
+                "resource_id": stable_id("ServiceRequest", facts.accession),
+                "updated_at": timezone.now(),
+            },
+        )
+        for attr in (
+            "placer_number",
+            "filler_number",
+            "procedure_code",
+            "procedure_system",
+            "procedure_text",
+        ):
+            value = getattr(facts, attr)
+            if value:
+                setattr(order, attr, value[:199])
+        order.status = ORDER_STATUS.get(facts.status or facts.control, order.status)
+        if patient is not None:
+            order.patient = patient.surviving()
+        order.updated_at = timezone.now()
+        order.save()
+        order_resource_put(order)
+    return order
+
+
+def order_for_accession(accession: str) -> Order | None:
+    return Order.objects.select_related("patient").filter(accession=accession).first() if accession else None
+
+
+def order_identifiers(order: Order) -> list[dict[str, Any]]:
+    ids = []
+    for code, value in (
+        ("PLAC", order.placer_number),
+        ("FILL", order.filler_number),
+        ("ACSN", order.accession),
+    ):
+        if value:
+            ids.append(
+                {
+                    "type": {"coding": [{"system": V2_0203, "code": code}]},
+                    "system": system(code.lower()),
+                    "value": value,
+                }
+            )
+    return ids
+
+
+def order_reference(order: Order) -> dict[str, Any]:
+    acsn = order_identifiers(order)[-1]
+    return {"reference": f"ServiceRequest/{order.resource_id}", "type": "ServiceRequest", "identifier": acsn}
+
+
+def order_resource_put(order: Order) -> None:
+    code: dict[str, Any] = {"text": order.procedure_text or order.procedure_code or "Imaging procedure"}
+    if order.procedure_code:
+        code["coding"] = [
+            {
+                "code": order.procedure_code,
+                **({"display": order.procedure_text} if order.procedure_text else {}),
+            }
+        ]
+    content: dict[str, Any] = {
+        "resourceType": "ServiceRequest",
+        "id": order.resource_id,
+        "identifier": order_identifiers(order),
+        "status": order.status,
+        "intent": "order",
+        "category": [
+            {"coding": [{"system": "http://snomed.info/sct", "code": "363679005", "display": "Imaging"}]}
+        ],
+        "code": code,
+        "subject": patient_reference(order.patient.surviving()) if order.patient else {"display": "unknown"},
+    }
+    tokens = [("identifier", i["system"], i["value"]) for i in content["identifier"]]
+    if order.patient:
+        tokens.append(("patient-identifier", order.patient.mrn_system, order.patient.mrn))
+    resource_put(validated(content), tokens=tokens)

@@ -1,0 +1,140 @@
+"""Durable receive of HL7 v2 messages, in batches: the listener hands over every message that
+arrived while the previous commit ran, and all of them are committed in one transaction (group
+commit) before any of their ACKs leaves. Idempotent on (sender, control ID)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from django.db import DatabaseError, connection, transaction
+from django.utils import timezone
+
+from fhirai.audit.models import TimelineEvent
+from fhirai.audit.timeline import Event
+from fhirai.celery import TASK_MESSAGES_PROCESS, dispatch_on_commit
+from fhirai.errors import InvalidInput, Unavailable
+from fhirai.ingest.models import Message
+
+log = logging.getLogger(__name__)
+
+# The message types fhirai acts on (HL7 v2.5.1 ch. 3, 4, 7; OMI from v2.5 ch. 4.4).
+SUPPORTED = {
+    "ADT": {"A01", "A04", "A08", "A40"},
+    "ORM": {"O01"},
+    "OMI": {"O23"},
+    "ORU": {"R01"},
+}
+
+
+@dataclass(frozen=True)
+class Inbound:
+    """What the listener read from the wire: the raw bytes and the header facts that identify them."""
+
+    raw: bytes
+    sender: str
+    control_id: str
+    message_type: str
+    version: str
+    codec: str
+    peer: str = ""
+    enhanced: bool = False
+
+
+@dataclass(frozen=True)
+class Stored:
+    message_id: int
+    duplicate: bool
+
+
+def message_accepts(message_type: str) -> None:
+    """Raise InvalidInput unless fhirai handles this MSH-9 (code^event)."""
+    code, _, event = message_type.partition("^")
+    if code not in SUPPORTED:
+        raise InvalidInput("unsupported-message-type", f"message type {code} is not handled here")
+    if event not in SUPPORTED[code]:
+        raise InvalidInput("unsupported-event", f"event {code}^{event or '(empty)'} is not handled here")
+
+
+def messages_receive(batch: list[Inbound]) -> list[Stored]:
+    """Commit a batch of messages (one transaction) and queue their processing; returns, in order,
+    each message's row and whether it was a resend. Raises Unavailable if the database cannot
+    take them now (the listener then answers AR: nothing was acknowledged)."""
+    try:
+        return _commit(batch)
+    except DatabaseError as exc:
+        connection.close()  # a broken connection must not poison the next batch
+        raise Unavailable(f"database: {type(exc).__name__}") from exc
+
+
+def _commit(batch: list[Inbound]) -> list[Stored]:
+    now = timezone.now()
+    with transaction.atomic():
+        inserted = _insert(batch, now)
+        keys = [(m.sender, m.control_id) for m in batch]
+        missing = [k for k in keys if k not in inserted]
+        existing = {}
+        if missing:
+            for pk, sender, control_id in Message.objects.filter(
+                sender__in={s for s, _ in missing}, control_id__in={c for _, c in missing}
+            ).values_list("pk", "sender", "control_id"):
+                existing[(sender, control_id)] = pk
+        new_ids = list(inserted.values())
+        TimelineEvent.objects.bulk_create(
+            TimelineEvent(item_kind="message", item_id=pk, event=event.value, at=now, detail=detail)
+            for pk in new_ids
+            for event, detail in ((Event.RECEIVED, ""), (Event.ACKED, "committed; acknowledgment sent"))
+        )
+        if new_ids:
+            dispatch_on_commit(TASK_MESSAGES_PROCESS, new_ids)
+    seen: set[int] = set()
+    out = []
+    for key in keys:
+        pk = inserted.get(key) or existing[key]
+        out.append(Stored(message_id=pk, duplicate=key not in inserted or pk in seen))
+        seen.add(pk)
+    return out
+
+
+def _insert(batch: list[Inbound], now: object) -> dict[tuple[str, str], int]:
+    """One multi-row INSERT ... ON CONFLICT DO NOTHING RETURNING: resends (and repeats inside the
+    batch) are refused by the unique constraint in the same round trip."""
+    columns = [
+        "sender",
+        "control_id",
+        "message_type",
+        "version",
+        "codec",
+        "raw",
+        "peer",
+        "enhanced",
+        "state",
+        "error",
+        "received_at",
+    ]
+    quote = connection.ops.quote_name
+    row = "(" + ", ".join(["%s"] * len(columns)) + ")"
+    params: list[object] = []
+    for m in batch:
+        params += [
+            m.sender,
+            m.control_id,
+            m.message_type,
+            m.version,
+            m.codec,
+            m.raw,
+            m.peer[:128],
+            m.enhanced,
+            "received",
+            "",
+            now,
+        ]
+    sql = (
+        f"INSERT INTO {quote(Message._meta.db_table)} ({', '.join(quote(c) for c in columns)}) "
+        f"VALUES {', '.join([row] * len(batch))} "
+        f"ON CONFLICT ({quote('sender')}, {quote('control_id')}) DO NOTHING "
+        f"RETURNING {quote('id')}, {quote('sender')}, {quote('control_id')}"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return {(sender, control_id): pk for pk, sender, control_id in cursor.fetchall()}
