@@ -13,7 +13,7 @@ import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from django.db import close_old_connections
+from django.db import close_old_connections, connection
 
 from fhirai import errors as domain
 from fhirai.ingest.messages import Inbound, Stored, message_accepts, messages_receive
@@ -132,6 +132,7 @@ class Committer:
             await asyncio.sleep(0.05)
         if self.task is not None:
             self.task.cancel()
+        await asyncio.get_running_loop().run_in_executor(self.executor, _close_connection)
         self.executor.shutdown(wait=True)
 
 
@@ -203,3 +204,7 @@ def _header_or_none(raw: bytes) -> Header | None:
         return header_parse(raw)
     except HL7Error:
         return None
+
+
+def _close_connection() -> None:
+    connection.close()  # resolves to the calling thread's connection: run it on the committer thread

@@ -87,7 +87,7 @@ class Framer:
             return
         if len(self.buffer) + len(chunk) > self.max_bytes:
             self.oversize = True
-            self.buffer = bytearray(self.buffer[:4096])  # keep the header for the NAK
+            self.buffer = bytearray((bytes(self.buffer) + bytes(chunk))[:4096])  # keep the header for the NAK
             return
         self.buffer += chunk
 

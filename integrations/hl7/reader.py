@@ -38,7 +38,10 @@ class _Segments:
         self.encoding = text[4:8] if text[8:9] == self.field_sep else text[4:9]
 
     def all(self, name: str) -> list[object]:
-        return list(self.message.children.get(name) or [])
+        try:
+            return list(self.message.children.get(name) or [])
+        except HL7apyException:  # a segment this version does not define (IPC before v2.5)
+            return []
 
     def first(self, name: str) -> object | None:
         found = self.all(name)
