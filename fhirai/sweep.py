@@ -45,6 +45,7 @@ def pipeline_recover() -> dict[str, int]:
     jobs = InferenceJob.objects.filter(state=JobState.QUEUED).select_related("model")
     counts["jobs_redispatched"] = sum(job_retry(job) for job in jobs)
     counts["deliveries_dispatched"] = _deliveries_dispatch()
+    counts["messages_redispatched"] = messages_redispatch_stalled(cutoff=timezone.now())
     return counts
 
 

@@ -5,7 +5,7 @@ they were received, whichever worker picks them up, so an A08 never overtakes th
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import connection, transaction
@@ -111,9 +111,11 @@ def _apply(message: Message, facts: MessageFacts) -> str:
     raise ValueError(f"no handling for {facts.kind}")
 
 
-def messages_redispatch_stalled() -> int:
-    """Received messages nobody processed within FHIRAI_STALL_SECONDS (the dispatch was lost)."""
-    cutoff = timezone.now() - timedelta(seconds=settings.FHIRAI_STALL_SECONDS)
+def messages_redispatch_stalled(cutoff: datetime | None = None) -> int:
+    """Received messages nobody processed within FHIRAI_STALL_SECONDS (the dispatch was lost);
+    with `cutoff`, those received before it (start-up recovery passes now)."""
+    if cutoff is None:
+        cutoff = timezone.now() - timedelta(seconds=settings.FHIRAI_STALL_SECONDS)
     newest = (
         Message.objects.filter(state=MessageState.RECEIVED, received_at__lte=cutoff)
         .order_by("-pk")

@@ -4,28 +4,19 @@ storescu when installed), the report read back over HTTP and from the upstream F
 
 from __future__ import annotations
 
-import os
 import sqlite3
 import time
 from pathlib import Path
 
 import psycopg
 import pytest
-import redis
 
+from tests.e2e.conftest import write_study
 from tests.support.fhir_upstream import FhirUpstream
-from tests.support.phantom import Phantom, ct_phantom
+from tests.support.phantom import ct_phantom
 from tests.support.product import FreshDatabase, Product, store_files
 
 pytestmark = pytest.mark.e2e
-REDIS_URL = os.environ.get("FHIRAI_E2E_BROKER_URL", "redis://127.0.0.1:6379/11")
-
-
-def _write(ph: Phantom, directory: Path) -> Path:
-    directory.mkdir(parents=True, exist_ok=True)
-    for i, raw in enumerate(ph.files):
-        (directory / f"ct{i:04d}.dcm").write_bytes(raw)
-    return directory
 
 
 def _reports(product: Product, study_uid: str) -> list[dict]:
@@ -39,37 +30,6 @@ def _values(resources: list[dict]) -> dict[str, float]:
         for r in resources
         if r["resourceType"] == "Observation"
     }
-
-
-@pytest.fixture
-def database():
-    with FreshDatabase(os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/fhirai")) as db:
-        yield db
-
-
-@pytest.fixture
-def broker_url():
-    redis.Redis.from_url(REDIS_URL).flushdb()
-    yield REDIS_URL
-    redis.Redis.from_url(REDIS_URL).flushdb()
-
-
-@pytest.fixture
-def make_product(tmp_path, database, broker_url):
-    started: list[Product] = []
-
-    def make(**env: str) -> Product:
-        product = Product(
-            tmp_path / "var", {"DATABASE_URL": database.url, "CELERY_BROKER_URL": broker_url, **env}
-        )
-        if not started:
-            product.manage("migrate", "--noinput")
-        started.append(product)
-        return product
-
-    yield make
-    for product in started:
-        product.stop()
 
 
 def _study_state(database: FreshDatabase) -> str:
@@ -94,7 +54,7 @@ def test_study_in_report_out_written_upstream_and_a_resend_makes_no_second_repor
         product = make_product(FHIRAI_FHIR_UPSTREAM_URL=upstream.url)
         product.start()
         uid = ph.identifiers["StudyInstanceUID"]
-        folder = _write(ph, tmp_path / "study")
+        folder = write_study(ph, tmp_path / "study")
         store_files(folder, product.dicom_port)
         found = product.wait_for(f"/fhir/DiagnosticReport?study={uid}", lambda b: b.get("total") == 1)
         report = found["entry"][0]["resource"]
@@ -119,7 +79,7 @@ def test_killed_right_after_the_acks_the_product_still_reports_after_restart(
     ph = ct_phantom(slices=16, size=96, seed=22)
     product = make_product(FHIRAI_STUDY_QUIET_SECONDS="5")
     product.start()
-    store_files(_write(ph, tmp_path / "study"), product.dicom_port)
+    store_files(write_study(ph, tmp_path / "study"), product.dicom_port)
     product.kill()  # every C-STORE got Success; nothing downstream has happened yet
     assert _study_state(database) == "receiving"
     product.start()
@@ -131,7 +91,7 @@ def test_killed_during_inference_the_product_still_reports_after_restart(make_pr
     ph = ct_phantom(slices=16, size=96, seed=23)
     product = make_product()
     product.start()
-    store_files(_write(ph, tmp_path / "study"), product.dicom_port)
+    store_files(write_study(ph, tmp_path / "study"), product.dicom_port)
     state = _wait_state(database, {"queued", "reported"})
     product.kill()
     product.start()
@@ -148,7 +108,7 @@ def test_embedded_defaults_survive_a_kill_during_inference(tmp_path):
     product = Product(var, {})  # no DATABASE_URL, no CELERY_BROKER_URL: the embedded product
     try:
         product.start()
-        store_files(_write(ph, tmp_path / "study"), product.dicom_port)
+        store_files(write_study(ph, tmp_path / "study"), product.dicom_port)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and _sqlite_state(var) not in ("queued", "reported"):
             time.sleep(0.1)
