@@ -1,6 +1,11 @@
 """Durable receive of HL7 v2 messages, in batches: the listener hands over every message that
 arrived while the previous commit ran, and all of them are committed in one transaction (group
-commit) before any of their ACKs leaves. Idempotent on (sender, control ID)."""
+commit) before any of their ACKs leaves. Idempotent on (sender, control ID).
+
+The receive path does only what the ACK depends on: one INSERT and the COMMIT. Queuing the
+processing (messages_dispatch) is left to the caller, off the ACK's path: the committed row is what
+makes the message safe, and the sweep dispatches any message whose dispatch was lost. The
+timeline's received and acked steps are the row's received_at (the ACK follows the commit)."""
 
 from __future__ import annotations
 
@@ -10,9 +15,8 @@ from dataclasses import dataclass
 from django.db import DatabaseError, connection, transaction
 from django.utils import timezone
 
-from fhirai.audit.models import TimelineEvent
-from fhirai.audit.timeline import Event
-from fhirai.celery import TASK_MESSAGES_PROCESS, dispatch_on_commit
+from fhirai.audit.timeline import Event, events_for
+from fhirai.celery import TASK_MESSAGES_PROCESS, dispatch
 from fhirai.errors import InvalidInput, Unavailable
 from fhirai.ingest.models import Message
 
@@ -67,6 +71,21 @@ def messages_receive(batch: list[Inbound]) -> list[Stored]:
         raise Unavailable(f"database: {type(exc).__name__}") from exc
 
 
+def messages_dispatch(newest_id: int) -> None:
+    """Queue the processing of every received message up to `newest_id` (one task covers them all,
+    so callers may coalesce). A lost dispatch only delays: pipeline_sweep dispatches again."""
+    dispatch(TASK_MESSAGES_PROCESS, [newest_id])
+
+
+def message_events(message: Message) -> list[tuple[str, object, str, str]]:
+    """The message's timeline: (event, at, detail, error), oldest first."""
+    derived = [
+        (Event.RECEIVED.value, message.received_at, f"from {message.peer}", ""),
+        (Event.ACKED.value, message.received_at, "committed; acknowledgment sent", ""),
+    ]
+    return derived + [(e.event, e.at, e.detail, e.error) for e in events_for("message", message.pk)]
+
+
 def _commit(batch: list[Inbound]) -> list[Stored]:
     now = timezone.now()
     with transaction.atomic():
@@ -79,14 +98,6 @@ def _commit(batch: list[Inbound]) -> list[Stored]:
                 sender__in={s for s, _ in missing}, control_id__in={c for _, c in missing}
             ).values_list("pk", "sender", "control_id"):
                 existing[(sender, control_id)] = pk
-        new_ids = list(inserted.values())
-        TimelineEvent.objects.bulk_create(
-            TimelineEvent(item_kind="message", item_id=pk, event=event.value, at=now, detail=detail)
-            for pk in new_ids
-            for event, detail in ((Event.RECEIVED, ""), (Event.ACKED, "committed; acknowledgment sent"))
-        )
-        if new_ids:
-            dispatch_on_commit(TASK_MESSAGES_PROCESS, new_ids)
     seen: set[int] = set()
     out = []
     for key in keys:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from django.db import close_old_connections, connection
 
 from fhirai import errors as domain
-from fhirai.ingest.messages import Inbound, Stored, message_accepts, messages_receive
+from fhirai.ingest.messages import Inbound, Stored, message_accepts, messages_dispatch, messages_receive
 from fhirai.ingest.receive import input_reject
 from integrations.hl7 import ack, errors
 from integrations.hl7.errors import HL7Error
@@ -25,6 +25,7 @@ from integrations.hl7.msh import Header, header_parse
 
 log = logging.getLogger(__name__)
 MAX_BATCH = 256
+DISPATCH_INTERVAL = 0.05
 SEGMENT_ID = re.compile(rb"(?:^|[\r\n])([A-Z][A-Z0-9]{2})")
 REQUIRED = {"ADT": ("PID",), "ORM": ("PID", "OBR"), "OMI": ("PID", "OBR"), "ORU": ("PID", "OBR")}
 DOMAIN_CODES = {
@@ -89,16 +90,25 @@ class _Pending:
 
 
 class Committer:
-    """Group commit: one thread writes everything that queued up while the last commit ran, in one
-    transaction; each waiting connection gets its message's row (or the failure) afterwards."""
+    """Group commit: each of a few committer threads writes everything that queued up while it was
+    busy in one transaction; each waiting connection gets its message's row (or the failure)
+    afterwards. Two threads keep one batch committing while the next is being written. Processing
+    is queued by another thread, coalesced to the newest id, so the broker's latency never sits
+    between a commit and its ACKs."""
 
-    def __init__(self) -> None:
+    def __init__(self, threads: int = 2) -> None:
         self.queue: asyncio.Queue[_Pending] = asyncio.Queue()
-        self.executor = ThreadPoolExecutor(1, thread_name_prefix="hl7-commit")
-        self.task: asyncio.Task[None] | None = None
+        self.executors = [ThreadPoolExecutor(1, thread_name_prefix=f"hl7-commit-{i}") for i in range(threads)]
+        self.dispatcher = ThreadPoolExecutor(1, thread_name_prefix="hl7-dispatch")
+        self.tasks: list[asyncio.Task[None]] = []
+        self.newest = 0
+        self.dispatched = 0
+        self.wake = asyncio.Event()
 
     def start(self) -> None:
-        self.task = asyncio.get_running_loop().create_task(self._run())
+        loop = asyncio.get_running_loop()
+        self.tasks = [loop.create_task(self._run(executor)) for executor in self.executors]
+        self.tasks.append(loop.create_task(self._dispatch()))
 
     async def submit(self, inbound: Inbound) -> Stored:
         pending = _Pending(inbound)
@@ -106,34 +116,65 @@ class Committer:
         return await pending.future
 
     async def run_blocking(self, fn, *args):  # type: ignore[no-untyped-def]
-        """Run other database work (rejections) on the same thread, between batches."""
-        return await asyncio.get_running_loop().run_in_executor(self.executor, _with_connection, fn, *args)
+        """Run other database work (rejections) on a committer thread."""
+        return await asyncio.get_running_loop().run_in_executor(
+            self.executors[0], _with_connection, fn, *args
+        )
 
-    async def _run(self) -> None:
+    async def _run(self, executor: ThreadPoolExecutor) -> None:
+        loop = asyncio.get_running_loop()
         while True:
             batch = [await self.queue.get()]
             while not self.queue.empty() and len(batch) < MAX_BATCH:
                 batch.append(self.queue.get_nowait())
             try:
-                results = await self.run_blocking(messages_receive, [p.inbound for p in batch])
+                results = await loop.run_in_executor(
+                    executor, _with_connection, messages_receive, [p.inbound for p in batch]
+                )
             except Exception as exc:  # noqa: BLE001 - every waiter must hear about it
+                failure = exc if isinstance(exc, domain.Unavailable) else domain.Unavailable(str(exc))
                 for p in batch:
                     if not p.future.done():
-                        p.future.set_exception(
-                            exc if isinstance(exc, domain.Unavailable) else domain.Unavailable(str(exc))
-                        )
+                        p.future.set_exception(failure)
                 continue
             for p, stored in zip(batch, results, strict=True):
                 if not p.future.done():
                     p.future.set_result(stored)
+            fresh = [s.message_id for s in results if not s.duplicate]
+            if fresh:
+                self.newest = max(self.newest, *fresh)
+                self.wake.set()
+
+    async def _dispatch(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await self.wake.wait()
+            self.wake.clear()
+            newest = self.newest
+            if newest <= self.dispatched:
+                continue
+            try:
+                await loop.run_in_executor(self.dispatcher, messages_dispatch, newest)
+                self.dispatched = newest
+            except Exception:  # noqa: BLE001 - the sweep dispatches what this could not
+                log.exception("could not queue HL7 processing up to message %s; the sweep will", newest)
+            # At most one publish per interval: a publish costs milliseconds of CPU (and the GIL),
+            # and one task processes everything up to the newest id anyway.
+            await asyncio.sleep(DISPATCH_INTERVAL)
 
     async def stop(self) -> None:
         while not self.queue.empty():
             await asyncio.sleep(0.05)
-        if self.task is not None:
-            self.task.cancel()
-        await asyncio.get_running_loop().run_in_executor(self.executor, _close_connection)
-        self.executor.shutdown(wait=True)
+        if self.newest > self.dispatched:
+            self.wake.set()
+            await asyncio.sleep(0.2)
+        for task in self.tasks:
+            task.cancel()
+        loop = asyncio.get_running_loop()
+        for executor in self.executors:
+            await loop.run_in_executor(executor, _close_connection)
+            executor.shutdown(wait=True)
+        self.dispatcher.shutdown(wait=True)
 
 
 def _with_connection(fn, *args):  # type: ignore[no-untyped-def]

@@ -6,6 +6,7 @@ import asyncio
 import signal
 from typing import Any
 
+import uvloop
 from django.conf import settings
 from django.core.management.base import BaseCommand
 
@@ -14,7 +15,7 @@ from integrations.hl7.mllp import Server, tls_context
 
 
 async def serve(stop: asyncio.Event, *, port: int | None = None) -> None:
-    committer = Committer()
+    committer = Committer(settings.FHIRAI_MLLP_COMMITTERS)
     committer.start()
     handler = MessageHandler(committer)
     server = Server(
@@ -46,4 +47,5 @@ class Command(BaseCommand):
                 loop.add_signal_handler(sig, stop.set)
             await serve(stop)
 
-        asyncio.run(main())
+        # uvloop: the same asyncio API on libuv, about twice as fast per message on this path.
+        uvloop.run(main())
