@@ -203,6 +203,23 @@ FHIRAI_MLLP_COMMITTERS = env_int("FHIRAI_MLLP_COMMITTERS", 2, minimum=1)
 FHIRAI_HL7_APPLICATION = env_str("FHIRAI_HL7_APPLICATION", "FHIRAI")
 FHIRAI_HL7_FACILITY = env_str("FHIRAI_HL7_FACILITY", "")
 FHIRAI_HL7_READER = env_str("FHIRAI_HL7_READER", "integrations.hl7.reader.read_message")
+FHIRAI_HL7_SENDER = env_str("FHIRAI_HL7_SENDER", "integrations.hl7.oru.oru_send")
+FHIRAI_HL7_TIMEOUT = env_float("FHIRAI_HL7_TIMEOUT", 30.0)
+
+
+def _peers(raw: str) -> dict[str, tuple[str, int]]:
+    """FHIRAI_HL7_PEERS: NAME=HOST:PORT[,NAME=HOST:PORT...], the EHRs that get ORU^R01 results."""
+    peers: dict[str, tuple[str, int]] = {}
+    for item in filter(None, (p.strip() for p in raw.split(","))):
+        name, _, address = item.partition("=")
+        host, _, port = address.rpartition(":")
+        if not name or not host or not port.isdigit():
+            raise ImproperlyConfigured(f"FHIRAI_HL7_PEERS: {item!r} is not NAME=HOST:PORT")
+        peers[name.strip()] = (host.strip("[]"), int(port))
+    return peers
+
+
+FHIRAI_HL7_PEERS = _peers(env_str("FHIRAI_HL7_PEERS"))
 
 # --- pipeline ----------------------------------------------------------------------------------
 FHIRAI_STUDY_QUIET_SECONDS = env_float("FHIRAI_STUDY_QUIET_SECONDS", 5.0)

@@ -9,6 +9,7 @@ from fhirai.ui import views as ui
 
 urlpatterns = [
     path("fhir/", include("integrations.fhir.urls")),
+    path("hl7/", include("integrations.hl7.urls")),
     path("healthz", ui.healthz, name="healthz"),
     path("admin/", admin.site.urls),
     path("", ui.home, name="home"),

@@ -1,8 +1,11 @@
-"""Write-back of reports to the upstream FHIR server through an outbox (Delivery rows): the first
-attempt is dispatched when the report commits, later ones by pipeline_sweep with exponential
-backoff while the upstream is down. Each attempt is one FHIR transaction of conditional creates
-(ifNoneExist on identifiers; on the Provenance's tag), so a retry after a lost response creates
-nothing twice. The domain defines the Upstream interface; settings plug the HTTP adapter in."""
+"""Write-back of reports through an outbox (Delivery rows), one row per report version and
+destination: the upstream FHIR server, and each HL7 v2 peer (ORU^R01 over MLLP). The first attempt
+is dispatched when the report commits, later ones by pipeline_sweep with exponential backoff while
+a destination is down; a destination that refuses (FHIR 4xx, HL7 AE/AR) is a visible failure.
+
+FHIR: one transaction of conditional creates (ifNoneExist on identifiers; on the Provenance's
+tag), so a retry after a lost response creates nothing twice. The domain defines the interfaces
+(Upstream, ResultSender); settings plug the adapters in."""
 
 from __future__ import annotations
 
@@ -22,10 +25,12 @@ from fhirai.errors import Unavailable
 from fhirai.ingest.models import Study, StudyState
 from fhirai.ingest.state import study_fail, study_transition
 from fhirai.results.models import Delivery, DeliveryState, FhirResource
+from fhirai.results.package import ReportPackage, report_package
 from fhirai.results.store import resource_read
 
 log = logging.getLogger(__name__)
 FHIR_UPSTREAM = "fhir-upstream"
+MLLP_PREFIX = "mllp:"
 
 
 @dataclass(frozen=True)
@@ -49,20 +54,51 @@ def upstream() -> Upstream:
     )
 
 
+@dataclass(frozen=True)
+class Outcome:
+    """What a destination answered: delivered or refused, with its status and reply for the record."""
+
+    delivered: bool
+    status: int | None
+    reply: str
+    summary: str = ""  # one line for the timeline: "HTTP 201", "MSA|AE|..."
+
+
+class ResultSender(Protocol):
+    def __call__(self, peer: str, package: ReportPackage) -> Outcome:
+        """Write one report to an HL7 peer. Raises Unavailable when the peer cannot be reached."""
+
+
+def destinations() -> list[str]:
+    """Every configured destination: the upstream FHIR server, then each HL7 peer as mllp:NAME."""
+    names = [FHIR_UPSTREAM] if settings.FHIRAI_FHIR_UPSTREAM_URL else []
+    return names + [f"{MLLP_PREFIX}{name}" for name in settings.FHIRAI_HL7_PEERS]
+
+
 def deliveries_create(report: FhirResource, study: Study) -> int:
     """Queue this report version for every configured destination; returns how many."""
-    if not settings.FHIRAI_FHIR_UPSTREAM_URL:
-        return 0
     now = timezone.now()
-    delivery, created = Delivery.objects.get_or_create(
-        report=report,
-        destination=FHIR_UPSTREAM,
-        report_version=report.version_id,
-        defaults={"study": study, "created_at": now, "next_attempt_at": now},
-    )
-    if created:
-        dispatch_on_commit(TASK_DELIVER, delivery.pk)
-    return 1
+    names = destinations()
+    for name in names:
+        delivery, created = Delivery.objects.get_or_create(
+            report=report,
+            destination=name,
+            report_version=report.version_id,
+            defaults={"study": study, "created_at": now, "next_attempt_at": now},
+        )
+        if created:
+            dispatch_on_commit(TASK_DELIVER, delivery.pk)
+    return len(names)
+
+
+def _send(destination: str, report: FhirResource) -> Outcome:
+    if destination == FHIR_UPSTREAM:
+        reply = upstream().transaction(report_bundle(report))
+        return Outcome(200 <= reply.status < 300, reply.status, reply.body, f"HTTP {reply.status}")
+    if destination.startswith(MLLP_PREFIX):
+        sender: ResultSender = import_string(settings.FHIRAI_HL7_SENDER)
+        return sender(destination[len(MLLP_PREFIX) :], report_package(report))
+    raise Unavailable(f"destination {destination} is no longer configured")
 
 
 def backoff(attempts: int) -> float:
@@ -81,33 +117,38 @@ def delivery_attempt(delivery_id: int) -> None:
     delivery = Delivery.objects.select_related("report").get(pk=delivery_id)
     attempts = delivery.attempts + 1
     try:
-        reply = upstream().transaction(report_bundle(delivery.report))
+        outcome = _send(delivery.destination, delivery.report)
     except Unavailable as exc:
         _delivery_retry_later(delivery, attempts, str(exc))
         return
+    answer = outcome.summary or outcome.reply[:120]
     with transaction.atomic():
-        delivery.attempts, delivery.last_status, delivery.last_response = (
-            attempts,
-            reply.status,
-            reply.body[:8000],
-        )
-        if 200 <= reply.status < 300:
-            delivery.state, delivery.delivered_at = DeliveryState.DELIVERED, timezone.now()
+        delivery.attempts, delivery.last_status = attempts, outcome.status
+        delivery.last_response = outcome.reply[:8000]
+        if not outcome.delivered:
+            delivery.state = DeliveryState.FAILED
             delivery.save()
+            study_fail(
+                delivery.study_id,
+                error=f"{delivery.destination} refused the report: {answer}",
+                from_states=[StudyState.REPORTED, StudyState.WRITTEN_BACK],
+            )
+            return
+        delivery.state, delivery.delivered_at = DeliveryState.DELIVERED, timezone.now()
+        delivery.save()
+        detail = f"{delivery.destination}: {answer} after {attempts} attempt(s)"
+        open_ones = Delivery.objects.filter(
+            report_id=delivery.report_id, report_version=delivery.report_version
+        )
+        if open_ones.exclude(state=DeliveryState.DELIVERED).exists():
+            record("study", delivery.study_id, Event.WRITTEN_BACK, detail=detail)
+        else:
             study_transition(
                 delivery.study_id,
                 from_states=[StudyState.REPORTED],
                 to=StudyState.WRITTEN_BACK,
                 event=Event.WRITTEN_BACK,
-                detail=f"{FHIR_UPSTREAM}: HTTP {reply.status} after {attempts} attempt(s)",
-            )
-        else:
-            delivery.state = DeliveryState.FAILED
-            delivery.save()
-            study_fail(
-                delivery.study_id,
-                error=f"{FHIR_UPSTREAM} refused the report: HTTP {reply.status}",
-                from_states=[StudyState.REPORTED],
+                detail=detail,
             )
 
 
@@ -121,9 +162,9 @@ def _delivery_retry_later(delivery: Delivery, attempts: int, error: str) -> None
             delivery.save()
             study_fail(
                 delivery.study_id,
-                error=f"{FHIR_UPSTREAM} unreachable for "
+                error=f"{delivery.destination} unreachable for "
                 f"{settings.FHIRAI_WRITEBACK_GIVE_UP_SECONDS:.0f} s: {error[:300]}",
-                from_states=[StudyState.REPORTED],
+                from_states=[StudyState.REPORTED, StudyState.WRITTEN_BACK],
             )
             return
         delivery.state = DeliveryState.PENDING
@@ -134,7 +175,7 @@ def _delivery_retry_later(delivery: Delivery, attempts: int, error: str) -> None
                 "study",
                 delivery.study_id,
                 Event.RETRIED,
-                detail=f"{FHIR_UPSTREAM} attempt {attempts} failed; next in {backoff(attempts):.0f} s",
+                detail=f"{delivery.destination} attempt {attempts} failed; next in {backoff(attempts):.0f} s",
                 error=error[:500],
             )
     log.warning("delivery %s attempt %s failed (%s); retrying", delivery.pk, attempts, error[:200])

@@ -201,7 +201,7 @@ class MessageHandler:
                 )
             header, inbound = inbound_from(frame.payload, peer)
         except HL7Error as exc:
-            header = header or _header_or_none(frame.payload)
+            header = header or header_or_none(frame.payload)
             await self._reject(frame.payload, peer, exc)
             return reply_for(header, None, exc)
         try:
@@ -240,7 +240,8 @@ class MessageHandler:
         )
 
 
-def _header_or_none(raw: bytes) -> Header | None:
+def header_or_none(raw: bytes) -> Header | None:
+    """The header when it can be read (to address a NAK), else None."""
     try:
         return header_parse(raw)
     except HL7Error:

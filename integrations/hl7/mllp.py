@@ -201,3 +201,19 @@ class Server:
             leftover = framer.pending()
             if leftover and self.on_abandoned is not None:
                 await self.on_abandoned(leftover, peer)
+
+
+def exchange(host: str, port: int, payload: bytes, *, timeout: float) -> bytes:
+    """Client side: send one framed message and return the framed reply's payload (blocking).
+    Raises OSError (including timeouts) when the peer cannot be reached or does not answer."""
+    with socket.create_connection((host, port), timeout=timeout) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.sendall(START + payload + END)
+        framer = Framer(16 * 1024 * 1024)
+        while True:
+            data = sock.recv(65536)
+            if not data:
+                raise ConnectionError("the peer closed the connection without an acknowledgment")
+            for frame in framer.feed(data):
+                if not frame.problem:
+                    return frame.payload

@@ -11,6 +11,7 @@ import pytest
 
 from tests.e2e.conftest import write_study
 from tests.support.hl7msg import adt, message, msh, orm
+from tests.support.mllp_peer import MllpPeer
 from tests.support.phantom import ct_phantom
 from tests.support.product import store_files
 
@@ -34,8 +35,9 @@ def _wait_mllp(port: int) -> None:
     raise AssertionError("MLLP port never opened")
 
 
-def test_adt_orm_then_study_gives_a_report_for_that_patient_and_order(make_product, tmp_path):
-    product = make_product()
+def test_adt_orm_then_study_gives_a_report_for_that_patient_and_order_and_an_oru(make_product, tmp_path):
+    peer = MllpPeer().__enter__()
+    product = make_product(FHIRAI_HL7_PEERS=f"EHR=127.0.0.1:{peer.port}")
     product.start()
     _wait_mllp(product.mllp_port)
     pid = "PID|1||MRN-5150^^^HOSP^MR||Examplo^Carla||19700202|F"

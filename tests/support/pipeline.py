@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
+
+from django.apps import apps
 
 from fhirai.assembly.complete import study_mark_complete
 from fhirai.deid.study import study_deidentify
@@ -18,7 +21,14 @@ def receive(phantom: Phantom, *, calling_ae: str = "TESTSCU") -> Study:
     return Study.objects.get(pk=results[0].study_id)
 
 
+def ensure_reference_model() -> None:
+    """The ct-lung-quant record the data migration registers: transactional tests flush tables
+    between tests (migration data included), so put it back the way the migration does."""
+    importlib.import_module("fhirai.routing.migrations.0002_ct_lung_quant").register(apps, None)
+
+
 def complete_and_deidentify(study: Study, settings: Any) -> InferenceJob | None:
+    ensure_reference_model()
     settings.FHIRAI_STUDY_QUIET_SECONDS = 0
     study.refresh_from_db()
     assert study_mark_complete(study.pk, revision=study.revision)
