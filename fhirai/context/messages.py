@@ -18,6 +18,7 @@ from fhirai.context.facts import MessageFacts, MessageReader
 from fhirai.context.models import ClinicalReport
 from fhirai.context.records import order_upsert, patient_merge, patient_upsert
 from fhirai.ingest.models import Message, MessageState, Study
+from fhirai.results.report import study_reports_refresh
 
 log = logging.getLogger(__name__)
 _LOCK_KEY = 0x6668_6972  # "fhir": one advisory lock serializes message application
@@ -91,6 +92,7 @@ def _apply(message: Message, facts: MessageFacts) -> str:
         study = Study.objects.filter(accession_number=facts.order.accession).first()
         if study is not None:
             record("study", study.pk, Event.RECEIVED, detail=f"order {order.pk} linked by accession")
+            study_reports_refresh(study.pk)  # a report written before its order arrived gains basedOn
         return f"order {order.pk}" + (f", linked to study {study.pk}" if study else "")
     if facts.kind == "report":
         report = facts.report

@@ -13,7 +13,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from fhirai.audit.timeline import Event
+from fhirai.audit.timeline import Event, record
 from fhirai.context.records import (
     order_for_accession,
     order_identifiers,
@@ -28,6 +28,7 @@ from fhirai.results.models import FhirResource
 from fhirai.results.resources import stable_id, system, validated
 from fhirai.results.store import Token, resource_put
 from fhirai.results.writeback import deliveries_create
+from fhirai.routing.models import InferenceJob, JobState
 
 UCUM = "http://unitsofmeasure.org"
 DICOM_UID_SYSTEM = "urn:dicom:uid"
@@ -168,15 +169,33 @@ def report_from_job(job: Any) -> FhirResource:
             ],
         )
         queued = deliveries_create(row, study)
-        study_transition(
+        detail = f"DiagnosticReport/{row.rid} v{row.version_id}, {len(observations)} observations" + (
+            f"; {queued} write-back(s) queued" if queued else ""
+        )
+        moved = study_transition(
             study.pk,
-            from_states=[StudyState.QUEUED],
+            from_states=[StudyState.QUEUED, StudyState.WRITTEN_BACK],
             to=StudyState.REPORTED,
             event=Event.REPORTED,
-            detail=f"DiagnosticReport/{row.rid} v{row.version_id}, {len(observations)} observations"
-            + (f"; {queued} write-back(s) queued" if queued else ""),
+            detail=detail,
         )
+        if not moved:
+            record("study", study.pk, Event.REPORTED, detail=detail)
     return row
+
+
+def study_reports_refresh(study_id: int) -> int:
+    """Rebuild the study's reports from its finished jobs, e.g. when its order or patient arrives
+    after the report was written (the new version carries basedOn/subject and is delivered again)."""
+    study = Study.objects.get(pk=study_id)
+    if study.state not in (StudyState.REPORTED, StudyState.WRITTEN_BACK):
+        return 0
+    jobs = InferenceJob.objects.filter(study=study, revision=study.revision, state=JobState.DONE)
+    count = 0
+    for job in jobs.select_related("study", "model"):
+        report_from_job(job)
+        count += 1
+    return count
 
 
 def dicom_patient_reference(patient_id: str, issuer: str = "") -> dict[str, Any]:

@@ -115,3 +115,33 @@ def test_report_subject_and_based_on_point_at_the_patient_and_order(settings, bl
     assert report["subject"]["reference"] == f"Patient/{patient.resource_id}"
     assert report["basedOn"][0]["reference"] == f"ServiceRequest/{order.resource_id}"
     assert report["basedOn"][0]["identifier"]["value"] == "ACC-9001"
+
+
+def test_declared_latin1_names_are_read_right():
+    segments = [
+        msh("L-1", "ADT^A01^ADT_A01", extra="||||||8859/1"),
+        "EVN|A01",
+        "PID|1||MRN-77^^^HOSP^MR||M\xfcller^J\xfcrgen||19500101|M",
+    ]
+    _process(_receive(("\r".join(segments) + "\r").encode("latin-1")))
+    assert (Patient.objects.get().family, Patient.objects.get().given) == ("M\xfcller", "J\xfcrgen")
+
+
+@pytest.mark.parametrize("version", ["2.3", "2.3.1", "2.4", "2.5", "2.5.1", "2.6", "2.7", "2.8"])
+def test_adt_is_read_in_every_supported_version(version):
+    _process(_receive(adt(f"V-{version}", version=version)))
+    assert Patient.objects.get().family == "Examplo"
+    assert Message.objects.get().state == "processed"
+
+
+def test_an_order_arriving_after_the_report_amends_it_with_based_on(settings, blob_dir):
+    ph = ct_phantom(
+        slices=8, size=48, seed=42, identity={"AccessionNumber": "ACC-9001", "PatientID": "MRN-4411"}
+    )
+    pipeline.run_all(ph, settings)
+    assert "basedOn" not in FhirResource.objects.get(resource_type="DiagnosticReport").content
+    _process(_receive(adt("A-1"), orm("O-1")))
+    row = FhirResource.objects.get(resource_type="DiagnosticReport")
+    assert row.version_id == 2
+    assert row.content["basedOn"][0]["reference"] == f"ServiceRequest/{Order.objects.get().resource_id}"
+    assert row.content["subject"]["reference"] == f"Patient/{Patient.objects.get().resource_id}"

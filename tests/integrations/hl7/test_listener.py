@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import ssl
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -167,3 +169,56 @@ def test_connections_from_outside_the_allow_list_are_closed_unanswered(settings)
             reply = b""
         assert reply == b""
         assert not Message.objects.exists()
+
+
+def test_many_concurrent_connections_each_get_their_own_acks(listener):
+    results: dict[str, str] = {}
+
+    def sender(n: int) -> None:
+        with hl7.client.MLLPClient("127.0.0.1", listener) as client:
+            for i in range(5):
+                control = f"CC-{n}-{i}"
+                results[control] = _segments(client.send_message(adt(control)))["MSA"][2]
+
+    threads = [threading.Thread(target=sender, args=(n,)) for n in range(24)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert len(results) == 120 and all(k == v for k, v in results.items())
+    assert Message.objects.count() == 120
+
+
+def test_tls(settings, tmp_path):
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    settings.FHIRAI_MLLP_TLS_CERT, settings.FHIRAI_MLLP_TLS_KEY = str(cert), str(key)
+    with running_listener() as port:
+        context = ssl.create_default_context(cafile=str(cert))
+        context.check_hostname = False
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as raw_sock:
+            with context.wrap_socket(raw_sock) as sock:
+                sock.sendall(b"\x0b" + adt("TLS-1") + b"\x1c\x0d")
+                buf = b""
+                while not buf.endswith(b"\x1c\x0d"):
+                    buf += sock.recv(65536)
+        assert _segments(buf)["MSA"][1:3] == ["AA", "TLS-1"]
