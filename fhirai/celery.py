@@ -24,6 +24,7 @@ TASK_DEIDENTIFY = "workers.tasks.study_deidentify"
 TASK_INFER = "workers.tasks.study_infer"
 TASK_DELIVER = "workers.tasks.delivery_attempt"
 TASK_MESSAGES_PROCESS = "workers.tasks.messages_process"
+TASK_APP_ACK = "workers.tasks.message_app_ack"
 
 
 def dispatch(task_name: str, *args: Any) -> None:

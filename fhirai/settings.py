@@ -205,6 +205,7 @@ FHIRAI_HL7_FACILITY = env_str("FHIRAI_HL7_FACILITY", "")
 FHIRAI_HL7_READER = env_str("FHIRAI_HL7_READER", "integrations.hl7.reader.read_message")
 FHIRAI_HL7_SENDER = env_str("FHIRAI_HL7_SENDER", "integrations.hl7.oru.oru_send")
 FHIRAI_HL7_TIMEOUT = env_float("FHIRAI_HL7_TIMEOUT", 30.0)
+FHIRAI_HL7_ACK_SENDER = env_str("FHIRAI_HL7_ACK_SENDER", "integrations.hl7.ack.application_ack_send")
 
 
 def _peers(raw: str) -> dict[str, tuple[str, int]]:

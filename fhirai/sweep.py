@@ -15,6 +15,7 @@ from django.utils import timezone
 from fhirai.assembly.complete import studies_mark_complete
 from fhirai.audit.timeline import Event, record
 from fhirai.celery import TASK_DEIDENTIFY, dispatch_on_commit
+from fhirai.context.acks import app_acks_due
 from fhirai.context.messages import messages_redispatch_stalled
 from fhirai.ingest.models import Study, StudyState
 from fhirai.results.writeback import deliveries_due, delivery_redispatch
@@ -33,6 +34,7 @@ def pipeline_sweep() -> dict[str, int]:
     counts["jobs_redispatched"] = jobs_redispatch_stalled()
     counts["deliveries_dispatched"] = _deliveries_dispatch()
     counts["messages_redispatched"] = messages_redispatch_stalled()
+    counts["app_acks_dispatched"] = app_acks_due()
     if any(counts.values()):
         log.info("sweep: %s", counts)
     return counts

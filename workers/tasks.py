@@ -10,7 +10,7 @@ from typing import Any
 from celery import shared_task
 
 from fhirai import sweep
-from fhirai.context import messages
+from fhirai.context import acks, messages
 from fhirai.deid import study as deid_study
 from fhirai.errors import Unavailable
 from fhirai.results import writeback
@@ -67,3 +67,8 @@ def pipeline_sweep() -> None:
 @shared_task(name="workers.tasks.messages_process", **RETRY)
 def messages_process(message_ids: list[int]) -> None:
     messages.messages_process(up_to=max(message_ids))
+
+
+@shared_task(name="workers.tasks.message_app_ack", acks_late=True)
+def message_app_ack(message_id: int) -> None:
+    acks.app_ack_send(message_id)

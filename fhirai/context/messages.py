@@ -14,6 +14,7 @@ from django.utils.module_loading import import_string
 
 from fhirai.audit.timeline import Event, record
 from fhirai.celery import TASK_MESSAGES_PROCESS, dispatch_on_commit
+from fhirai.context.acks import app_ack_queue
 from fhirai.context.facts import MessageFacts, MessageReader
 from fhirai.context.models import ClinicalReport
 from fhirai.context.records import order_upsert, patient_merge, patient_upsert
@@ -66,10 +67,12 @@ def message_apply(message: Message) -> None:
         message.save(update_fields=["state", "error", "processed_at"])
         record("message", message.pk, Event.FAILED, error=str(exc)[:500])
         log.warning("message %s (%s) failed: %s", message.pk, message.message_type, exc)
+        app_ack_queue(message, applied=False, error=str(exc))
         return
     message.state, message.processed_at = MessageState.PROCESSED, timezone.now()
     message.save(update_fields=["state", "processed_at"])
     record("message", message.pk, Event.PROCESSED, detail=detail)
+    app_ack_queue(message, applied=True)
 
 
 def _apply(message: Message, facts: MessageFacts) -> str:

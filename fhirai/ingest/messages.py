@@ -43,6 +43,7 @@ class Inbound:
     codec: str
     peer: str = ""
     enhanced: bool = False
+    app_ack: str = ""  # MSH-16 in enhanced mode
 
 
 @dataclass(frozen=True)
@@ -119,6 +120,7 @@ def _insert(batch: list[Inbound], now: object) -> dict[tuple[str, str], int]:
         "raw",
         "peer",
         "enhanced",
+        "app_ack",
         "state",
         "error",
         "received_at",
@@ -136,6 +138,7 @@ def _insert(batch: list[Inbound], now: object) -> dict[tuple[str, str], int]:
             m.raw,
             m.peer[:128],
             m.enhanced,
+            m.app_ack,
             "received",
             "",
             now,

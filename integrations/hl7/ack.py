@@ -16,8 +16,11 @@ from zoneinfo import ZoneInfo
 
 from django.conf import settings
 
+from fhirai.errors import Unavailable
+from integrations.hl7 import errors
 from integrations.hl7.errors import HL7Error
-from integrations.hl7.msh import Header
+from integrations.hl7.mllp import send_only
+from integrations.hl7.msh import Header, header_parse
 
 AA, AE, AR = "AA", "AE", "AR"
 CA, CE, CR = "CA", "CE", "CR"
@@ -50,8 +53,11 @@ def _now() -> str:
     return datetime.now(ZoneInfo(settings.TIME_ZONE)).strftime("%Y%m%d%H%M%S%z")
 
 
-def build(header: Header | None, code: str, *, error: HL7Error | None = None) -> str:
-    """The ACK for a message (header None when the MSH itself could not be read)."""
+def build(
+    header: Header | None, code: str, *, error: HL7Error | None = None, acknowledgment: str = ""
+) -> str:
+    """The ACK for a message (header None when the MSH itself could not be read); `acknowledgment`
+    fills MSH-15/16 (NE for an enhanced-mode application ACK, which is not itself acknowledged)."""
     fs = header.field_sep if header else "|"
     enc = header.encoding if header else "^~\\&"
     version = header.version if header and header.version else "2.5.1"
@@ -80,8 +86,10 @@ def build(header: Header | None, code: str, *, error: HL7Error | None = None) ->
         header.processing_id if header and header.processing_id else "P",
         version,
     ]
-    if header and header.charset:
-        msh += ["", "", "", "", "", header.charset]
+    if acknowledgment or (header and header.charset):
+        msh += ["", "", acknowledgment, acknowledgment, "", header.charset if header else ""]
+        while msh[-1] == "":
+            msh.pop()
     segments = [fs.join(msh), fs.join(["MSA", code, e(header.control_id if header else "")])]
     if error is not None:
         segments.append(_err(error, fs, enc, version))
@@ -117,3 +125,16 @@ def accept_wanted(header: Header, code: str) -> bool:
     if condition == "SU":
         return code == CA
     return True
+
+
+def application_ack_send(peer: str, raw: bytes, *, codec: str, code: str, error: str) -> None:
+    """Send the enhanced-mode application ACK for `raw` to peer NAME. It asks for no acknowledgment
+    of its own (MSH-15/16 NE: HL7 ch. 2.9.3), so nothing is awaited after the send."""
+    header = header_parse(raw)
+    failure = HL7Error(errors.APPLICATION_INTERNAL_ERROR, error) if error and code != AA else None
+    text = build(header, code, error=failure, acknowledgment="NE")
+    host, port = settings.FHIRAI_HL7_PEERS[peer]
+    try:
+        send_only(host, port, text.encode(codec, errors="replace"), timeout=settings.FHIRAI_HL7_TIMEOUT)
+    except OSError as exc:
+        raise Unavailable(f"HL7 peer {peer} unreachable: {type(exc).__name__}") from exc

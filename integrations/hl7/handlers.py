@@ -67,6 +67,7 @@ def inbound_from(raw: bytes, peer: str) -> tuple[Header, Inbound]:
         codec=header.codec,
         peer=peer,
         enhanced=header.enhanced,
+        app_ack=(header.application_ack or "AL") if header.enhanced else "",
     )
 
 

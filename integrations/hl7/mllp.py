@@ -217,3 +217,10 @@ def exchange(host: str, port: int, payload: bytes, *, timeout: float) -> bytes:
             for frame in framer.feed(data):
                 if not frame.problem:
                     return frame.payload
+
+
+def send_only(host: str, port: int, payload: bytes, *, timeout: float) -> None:
+    """Client side: deliver one framed message that expects no reply (an application ACK)."""
+    with socket.create_connection((host, port), timeout=timeout) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.sendall(START + payload + END)

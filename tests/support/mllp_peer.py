@@ -25,8 +25,8 @@ class MllpPeer:
                     for frame in framer.feed(data):
                         text = frame.payload.decode("utf-8")
                         peer.messages.append(text)
-                        if peer.answer == "silent":
-                            continue
+                        if peer.answer == "silent" or text.split("|", 9)[8].startswith("ACK"):
+                            continue  # an application ACK is not acknowledged (it says MSH-15/16 NE)
                         control = text.split("\r", 1)[0].split("|")[9]
                         reply = (
                             f"MSH|^~\\&|EHR|HOSP|FHIRAI||20260101||ACK^R01^ACK|P{len(peer.messages)}|P|2.5.1\r"
