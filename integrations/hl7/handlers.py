@@ -12,11 +12,21 @@ import logging
 import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
+import psycopg
 from django.db import close_old_connections, connection
 
 from fhirai import errors as domain
-from fhirai.ingest.messages import Inbound, Stored, message_accepts, messages_dispatch, messages_receive
+from fhirai.ingest.messages import (
+    Inbound,
+    Stored,
+    message_accepts,
+    messages_dispatch,
+    messages_receive,
+    messages_receive_async,
+    postgres_params,
+)
 from fhirai.ingest.receive import input_reject
 from integrations.hl7 import ack, errors
 from integrations.hl7.errors import HL7Error
@@ -104,6 +114,7 @@ class Committer:
         self.tasks: list[asyncio.Task[None]] = []
         self.newest = 0
         self.dispatched = 0
+        self.busy = 0
         self.wake = asyncio.Event()
 
     def start(self) -> None:
@@ -123,28 +134,45 @@ class Committer:
         )
 
     async def _run(self, executor: ThreadPoolExecutor) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            batch = [await self.queue.get()]
-            while not self.queue.empty() and len(batch) < MAX_BATCH:
-                batch.append(self.queue.get_nowait())
-            try:
-                results = await loop.run_in_executor(
-                    executor, _with_connection, messages_receive, [p.inbound for p in batch]
-                )
-            except Exception as exc:  # noqa: BLE001 - every waiter must hear about it
-                failure = exc if isinstance(exc, domain.Unavailable) else domain.Unavailable(str(exc))
-                for p in batch:
+        pg = postgres_params()
+        aconn: psycopg.AsyncConnection[Any] | None = None
+        try:
+            while True:
+                batch = [await self.queue.get()]
+                while not self.queue.empty() and len(batch) < MAX_BATCH:
+                    batch.append(self.queue.get_nowait())
+                self.busy += 1
+                try:
+                    if pg is not None:
+                        # PostgreSQL: commit on an asyncio connection of this committer's own, no thread hop.
+                        if aconn is None or aconn.closed:
+                            aconn = await _connect(pg)
+                        results = await messages_receive_async([p.inbound for p in batch], aconn)
+                    else:
+                        results = await asyncio.get_running_loop().run_in_executor(
+                            executor, _with_connection, messages_receive, [p.inbound for p in batch]
+                        )
+                except Exception as exc:  # noqa: BLE001 - every waiter must hear about it
+                    if aconn is not None:
+                        await aconn.close()
+                        aconn = None
+                    failure = exc if isinstance(exc, domain.Unavailable) else domain.Unavailable(str(exc))
+                    for p in batch:
+                        if not p.future.done():
+                            p.future.set_exception(failure)
+                    continue
+                finally:
+                    self.busy -= 1
+                for p, stored in zip(batch, results, strict=True):
                     if not p.future.done():
-                        p.future.set_exception(failure)
-                continue
-            for p, stored in zip(batch, results, strict=True):
-                if not p.future.done():
-                    p.future.set_result(stored)
-            fresh = [s.message_id for s in results if not s.duplicate]
-            if fresh:
-                self.newest = max(self.newest, *fresh)
-                self.wake.set()
+                        p.future.set_result(stored)
+                fresh = [s.message_id for s in results if not s.duplicate]
+                if fresh:
+                    self.newest = max(self.newest, *fresh)
+                    self.wake.set()
+        finally:
+            if aconn is not None:
+                await aconn.close()
 
     async def _dispatch(self) -> None:
         loop = asyncio.get_running_loop()
@@ -163,19 +191,29 @@ class Committer:
             # and one task processes everything up to the newest id anyway.
             await asyncio.sleep(DISPATCH_INTERVAL)
 
-    async def stop(self) -> None:
-        while not self.queue.empty():
-            await asyncio.sleep(0.05)
+    async def stop(self, grace: float = 15.0) -> None:
+        """Finish every batch taken or queued (their ACKs follow their commits), then close."""
+        deadline = asyncio.get_running_loop().time() + grace
+        while (not self.queue.empty() or self.busy) and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.02)
         if self.newest > self.dispatched:
             self.wake.set()
             await asyncio.sleep(0.2)
         for task in self.tasks:
             task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
         loop = asyncio.get_running_loop()
         for executor in self.executors:
             await loop.run_in_executor(executor, _close_connection)
             executor.shutdown(wait=True)
         self.dispatcher.shutdown(wait=True)
+
+
+async def _connect(params: dict[str, Any]) -> psycopg.AsyncConnection[Any]:
+    try:
+        return await psycopg.AsyncConnection.connect(**params)
+    except psycopg.Error as exc:
+        raise domain.Unavailable(f"database: {type(exc).__name__}") from exc
 
 
 def _with_connection(fn, *args):  # type: ignore[no-untyped-def]

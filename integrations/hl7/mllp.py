@@ -138,6 +138,8 @@ class Server:
         self.idle_seconds = idle_seconds
         self.on_abandoned = on_abandoned
         self.connections: set[asyncio.Task[None]] = set()
+        self.busy: set[asyncio.Task[None]] = set()
+        self.stopping = False
         self.server: asyncio.base_events.Server | None = None
 
     async def start(self, host: str, port: int, tls: ssl.SSLContext | None = None) -> None:
@@ -152,9 +154,16 @@ class Server:
         return int(self.server.sockets[0].getsockname()[1])
 
     async def stop(self, grace: float = 10.0) -> None:
-        """Stop accepting; connections finish the message in hand (its ACK follows its commit)."""
+        """Stop accepting; a connection in the middle of a message finishes it (commit, then ACK)
+        before it is closed; idle connections are closed at once."""
+        self.stopping = True
         if self.server is not None:
             self.server.close()
+        for task in self.connections - self.busy:
+            task.cancel()
+        deadline = asyncio.get_running_loop().time() + grace
+        while self.busy and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.02)
         for task in list(self.connections):
             task.cancel()
         if self.connections:
@@ -191,12 +200,19 @@ class Server:
                     return
                 if not data:
                     return
-                for frame in framer.feed(data):
-                    # Shield: a stop() while the commit runs must not lose the ACK of a committed message.
-                    reply = await asyncio.shield(self.handler(frame, peer))
-                    if reply is not None:
-                        writer.write(START + reply + END)
-                        await writer.drain()
+                task = asyncio.current_task()
+                assert task is not None
+                self.busy.add(task)  # stop() lets this frame's commit and ACK complete
+                try:
+                    for frame in framer.feed(data):
+                        reply = await self.handler(frame, peer)
+                        if reply is not None:
+                            writer.write(START + reply + END)
+                            await writer.drain()
+                        if self.stopping:
+                            return
+                finally:
+                    self.busy.discard(task)
         finally:
             leftover = framer.pending()
             if leftover and self.on_abandoned is not None:
