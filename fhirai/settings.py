@@ -269,6 +269,9 @@ if CELERY_BROKER_URL.startswith("sqla+"):
 else:
     # Redis/SQS redeliver an unacked task after this; longer than the slowest model run.
     CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": int(FHIRAI_INFERENCE_TIMEOUT) + 300}
+    # Several installations (or test runs) can share one Redis: each keeps to its own keys.
+    if env_str("FHIRAI_BROKER_KEY_PREFIX"):
+        CELERY_BROKER_TRANSPORT_OPTIONS["global_keyprefix"] = env_str("FHIRAI_BROKER_KEY_PREFIX")
 CELERY_BEAT_SCHEDULE = {
     "pipeline-sweep": {"task": "workers.tasks.pipeline_sweep", "schedule": FHIRAI_SWEEP_SECONDS},
 }

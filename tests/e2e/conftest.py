@@ -40,9 +40,13 @@ def make_product(tmp_path, database, broker_url):
     started: list[Product] = []
 
     def make(**env: str) -> Product:
-        product = Product(
-            tmp_path / "var", {"DATABASE_URL": database.url, "CELERY_BROKER_URL": broker_url, **env}
-        )
+        # Own broker keys: a product left running by an interrupted run cannot take this one's tasks.
+        isolation = {
+            "DATABASE_URL": database.url,
+            "CELERY_BROKER_URL": broker_url,
+            "FHIRAI_BROKER_KEY_PREFIX": f"{database.name}:",
+        }
+        product = Product(tmp_path / "var", {**isolation, **env})
         if not started:
             product.manage("migrate", "--noinput")
         started.append(product)
