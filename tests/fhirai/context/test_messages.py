@@ -145,3 +145,17 @@ def test_an_order_arriving_after_the_report_amends_it_with_based_on(settings, bl
     assert row.version_id == 2
     assert row.content["basedOn"][0]["reference"] == f"ServiceRequest/{Order.objects.get().resource_id}"
     assert row.content["subject"]["reference"] == f"Patient/{Patient.objects.get().resource_id}"
+
+
+def test_omi_takes_the_accession_from_ipc():
+    omi = message(
+        msh("OMI-1", "OMI^O23^OMI_O23"),
+        PID,
+        "ORC|NW|PL-5|FL-6",
+        "TQ1|1",
+        "OBR|1|PL-5|FL-6|MRCHEST^MR Chest^L",
+        "IPC|ACC-IPC-1|REQ-1|1.2.3.4.5|SPS-1|MR",
+    )
+    _process(_receive(omi))
+    order = Order.objects.get()
+    assert (order.accession, order.placer_number, order.procedure_code) == ("ACC-IPC-1", "PL-5", "MRCHEST")
