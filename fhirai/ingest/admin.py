@@ -4,7 +4,8 @@ from django.contrib import admin
 from django.utils.html import format_html_join
 
 from fhirai.audit.timeline import events_for
-from fhirai.ingest.models import Instance, Rejection, Study
+from fhirai.ingest.messages import message_events
+from fhirai.ingest.models import Instance, Message, Rejection, Study
 
 
 @admin.register(Study)
@@ -45,3 +46,23 @@ class InstanceAdmin(admin.ModelAdmin):
 class RejectionAdmin(admin.ModelAdmin):
     list_display = ("id", "protocol", "peer", "code", "detail", "received_at")
     readonly_fields = [f.name for f in Rejection._meta.fields]
+
+
+@admin.register(Message)
+class MessageAdmin(admin.ModelAdmin):
+    list_display = ("id", "message_type", "sender", "control_id", "state", "app_ack_state", "received_at")
+    list_filter = ("state", "message_type", "app_ack_state")
+    search_fields = ("=control_id", "sender")
+    exclude = ("raw",)
+    readonly_fields = [f.name for f in Message._meta.fields if f.name != "raw"] + ["timeline"]
+
+    @admin.display(description="timeline")
+    def timeline(self, message: Message) -> str:
+        return format_html_join(
+            "",
+            "<div>{} &nbsp; <b>{}</b> {} <span style='color:#b00'>{}</span></div>",
+            (
+                (at.isoformat(timespec="milliseconds"), event, detail, error)
+                for event, at, detail, error in message_events(message)
+            ),
+        )
