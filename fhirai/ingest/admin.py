@@ -1,11 +1,11 @@
 from __future__ import annotations
 
 from django.contrib import admin
-from django.utils.html import format_html_join
 
 from fhirai.audit.timeline import events_for
 from fhirai.ingest.messages import message_events
 from fhirai.ingest.models import Instance, Message, Rejection, Study
+from fhirai.ui.timeline import timeline_html
 
 
 @admin.register(Study)
@@ -26,14 +26,7 @@ class StudyAdmin(admin.ModelAdmin):
 
     @admin.display(description="timeline")
     def timeline(self, study: Study) -> str:
-        return format_html_join(
-            "",
-            "<div>{} &nbsp; <b>{}</b> {} <span style='color:#b00'>{}</span></div>",
-            (
-                (e.at.isoformat(timespec="milliseconds"), e.event, e.detail, e.error)
-                for e in events_for("study", study.pk)
-            ),
-        )
+        return timeline_html((e.event, e.at, e.detail, e.error) for e in events_for("study", study.pk))
 
 
 @admin.register(Instance)
@@ -58,11 +51,4 @@ class MessageAdmin(admin.ModelAdmin):
 
     @admin.display(description="timeline")
     def timeline(self, message: Message) -> str:
-        return format_html_join(
-            "",
-            "<div>{} &nbsp; <b>{}</b> {} <span style='color:#b00'>{}</span></div>",
-            (
-                (at.isoformat(timespec="milliseconds"), event, detail, error)
-                for event, at, detail, error in message_events(message)
-            ),
-        )
+        return timeline_html(message_events(message))
