@@ -118,11 +118,9 @@ def report_from_job(job: Any) -> FhirResource:
             }
         ],
     }
-    patient_token: Token = (
-        "patient-identifier",
-        subject["identifier"]["system"],
-        subject["identifier"]["value"],
-    )
+    patient_tokens: list[Token] = [
+        ("patient-identifier", subject["identifier"]["system"], subject["identifier"]["value"])
+    ] + ([("subject", "", subject["reference"])] if subject.get("reference") else [])
     study_tokens: list[Token] = [
         ("study", DICOM_UID_SYSTEM, f"urn:oid:{study_uid}"),
         ("study", "", study_uid),
@@ -134,7 +132,7 @@ def report_from_job(job: Any) -> FhirResource:
         )
         resource_put(
             validated(imaging),
-            tokens=[("identifier", DICOM_UID_SYSTEM, f"urn:oid:{study_uid}"), patient_token],
+            tokens=[("identifier", DICOM_UID_SYSTEM, f"urn:oid:{study_uid}"), *patient_tokens],
             study_id=study.pk,
         )
         for obs in observations:
@@ -143,7 +141,7 @@ def report_from_job(job: Any) -> FhirResource:
                 study_id=study.pk,
                 tokens=[
                     ("identifier", system("observation"), obs["identifier"][0]["value"]),
-                    patient_token,
+                    *patient_tokens,
                     ("code", obs["code"]["coding"][0]["system"], obs["code"]["coding"][0]["code"]),
                     ("device", "", f"Device/{device['id']}"),
                 ],
@@ -153,7 +151,7 @@ def report_from_job(job: Any) -> FhirResource:
             study_id=study.pk,
             tokens=[
                 ("identifier", system("report"), report_value),
-                patient_token,
+                *patient_tokens,
                 *study_tokens,
                 ("status", "", report["status"]),
             ]

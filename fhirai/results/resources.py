@@ -17,7 +17,7 @@ from fhir.resources.R4B.provenance import Provenance
 from fhir.resources.R4B.servicerequest import ServiceRequest
 
 _NS = uuid.UUID("6f3f8a52-35c4-4f4b-9a0c-1b8e2f1c9d77")  # fhirai's namespace for deterministic ids
-_VALIDATORS = {
+VALIDATORS = {
     "DiagnosticReport": DiagnosticReport,
     "Observation": Observation,
     "Device": Device,
@@ -40,5 +40,5 @@ def stable_id(*parts: str) -> str:
 
 def validated(content: dict[str, Any]) -> dict[str, Any]:
     """Check `content` against the FHIR model of its type; raises ValueError when it does not conform."""
-    _VALIDATORS[content["resourceType"]].model_validate(content)
+    VALIDATORS[content["resourceType"]].model_validate(content)
     return content

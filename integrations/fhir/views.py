@@ -12,11 +12,12 @@ from urllib.parse import urlencode
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 from django.utils import timezone
+from django.views.decorators.csrf import csrf_exempt
 
 from fhirai import errors
 from fhirai.results.models import FhirResource
 from fhirai.results.store import TokenParam, resource_read, resource_search
-from integrations.fhir import outcome
+from integrations.fhir import outcome, write
 from integrations.fhir.outcome import FHIR_JSON
 
 VERSION = "0.1.0"
@@ -28,6 +29,7 @@ SEARCH: dict[str, dict[str, str]] = {
         "identifier": "identifier",
         "subject:identifier": "patient-identifier",
         "patient:identifier": "patient-identifier",
+        "subject": "subject",
         "study": "study",
         "status": "status",
         "based-on:identifier": "based-on",
@@ -37,6 +39,7 @@ SEARCH: dict[str, dict[str, str]] = {
         "identifier": "identifier",
         "subject:identifier": "patient-identifier",
         "patient:identifier": "patient-identifier",
+        "subject": "subject",
         "code": "code",
         "device": "device",
     },
@@ -51,6 +54,7 @@ SEARCH: dict[str, dict[str, str]] = {
     "ServiceRequest": {
         "_id": "_id",
         "identifier": "identifier",
+        "subject": "subject",
         "subject:identifier": "patient-identifier",
         "patient:identifier": "patient-identifier",
     },
@@ -67,7 +71,7 @@ def fhir_get(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
     def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
         if request.method not in ("GET", "HEAD"):
             response = outcome.outcome(outcome.METHOD_NOT_ALLOWED, f"{request.method} is not supported here")
-            response["Allow"] = "GET, HEAD"
+            response["Allow"] = "GET, HEAD, POST, PUT"
             return response
         return view(request, *args, **kwargs)
 
@@ -114,7 +118,14 @@ def metadata(request: HttpRequest) -> HttpResponse:
         resources.append(
             {
                 "type": rtype,
-                "interaction": [{"code": "read"}, {"code": "search-type"}],
+                "interaction": [
+                    {"code": "read"},
+                    {"code": "search-type"},
+                    {"code": "create"},
+                    {"code": "update"},
+                ],
+                "conditionalCreate": True,
+                "updateCreate": True,
                 "versioning": "versioned",
                 "readHistory": False,
                 "searchInclude": list(INCLUDES.get(rtype, {})),
@@ -131,7 +142,13 @@ def metadata(request: HttpRequest) -> HttpResponse:
         "implementation": {"description": "fhirai FHIR facade", "url": f"{settings.FHIRAI_BASE_URL}/fhir"},
         "fhirVersion": "4.0.1",
         "format": ["json", "application/fhir+json"],
-        "rest": [{"mode": "server", "resource": resources}],
+        "rest": [
+            {
+                "mode": "server",
+                "resource": resources,
+                "interaction": [{"code": "transaction"}, {"code": "batch"}],
+            }
+        ],
     }
     return _json(body)
 
@@ -236,3 +253,33 @@ def _includes(rtype: str, page: list[FhirResource], wanted: list[str], base: str
 
 def _page_url(base: str, rtype: str, used: list[tuple[str, str]], count: int, offset: int) -> str:
     return f"{base}/{rtype}?{urlencode([*used, ('_count', count), ('_offset', offset)])}"
+
+
+@csrf_exempt
+def type_endpoint(request: HttpRequest, rtype: str) -> HttpResponse:
+    """/fhir/{type}: GET search, POST create."""
+    if request.method == "POST":
+        if rtype not in SEARCH:
+            return outcome.outcome(outcome.NOT_SUPPORTED, f"resource type {rtype} is not supported here")
+        return write.create(request, rtype)
+    return search(request, rtype)
+
+
+@csrf_exempt
+def instance_endpoint(request: HttpRequest, rtype: str, rid: str) -> HttpResponse:
+    """/fhir/{type}/{id}: GET read, PUT update."""
+    if request.method == "PUT":
+        if rtype not in SEARCH:
+            return outcome.outcome(outcome.NOT_SUPPORTED, f"resource type {rtype} is not supported here")
+        return write.update(request, rtype, rid)
+    return read(request, rtype, rid)
+
+
+@csrf_exempt
+def base_endpoint(request: HttpRequest) -> HttpResponse:
+    """/fhir/: POST a transaction or batch Bundle."""
+    if request.method != "POST":
+        response = outcome.outcome(outcome.METHOD_NOT_ALLOWED, "POST a transaction or batch Bundle here")
+        response["Allow"] = "POST"
+        return response
+    return write.bundle(request)
