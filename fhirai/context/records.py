@@ -113,7 +113,7 @@ def patient_resource_put(patient: Patient) -> None:
     if patient.merged_into_id:
         survivor = patient.surviving()
         content["link"] = [{"other": {"reference": f"Patient/{survivor.resource_id}"}, "type": "replaced-by"}]
-    resource_put(validated(content), tokens=[("identifier", patient.mrn_system, patient.mrn)])
+    resource_put(validated(content))
 
 
 def order_upsert(facts: OrderFacts, patient: Patient | None) -> Order:
@@ -193,7 +193,4 @@ def order_resource_put(order: Order) -> None:
         "code": code,
         "subject": patient_reference(order.patient.surviving()) if order.patient else {"display": "unknown"},
     }
-    tokens = [("identifier", i["system"], i["value"]) for i in content["identifier"]]
-    if order.patient:
-        tokens.append(("patient-identifier", order.patient.mrn_system, order.patient.mrn))
-    resource_put(validated(content), tokens=tokens)
+    resource_put(validated(content))

@@ -13,6 +13,7 @@ from django.db import transaction
 
 from fhirai.errors import InvalidInput, NotFound
 from fhirai.results.models import FhirResource
+from fhirai.results.resources import references_rewrite
 from fhirai.results.store import (
     TokenParam,
     resource_create,
@@ -169,11 +170,7 @@ def _response(row: FhirResource, created: bool) -> dict[str, Any]:
 
 
 def _resolve(node: Any, ids: dict[str, str]) -> Any:
-    if isinstance(node, list):
-        return [_resolve(n, ids) for n in node]
-    if isinstance(node, dict):
-        out = {k: _resolve(v, ids) for k, v in node.items()}
-        if isinstance(out.get("reference"), str) and out["reference"] in ids:
-            out["reference"] = ids[out["reference"]]
-        return out
-    return node
+    """urn:uuid fullUrls of this Bundle -> the Type/id they were given."""
+    return references_rewrite(
+        node, lambda ref: {**ref, "reference": ids.get(ref["reference"], ref["reference"])}
+    )

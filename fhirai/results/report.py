@@ -118,30 +118,20 @@ def report_from_job(job: Any) -> FhirResource:
             }
         ],
     }
-    patient_tokens: list[Token] = [
-        ("patient-identifier", subject["identifier"]["system"], subject["identifier"]["value"])
-    ] + ([("subject", "", subject["reference"])] if subject.get("reference") else [])
     study_tokens: list[Token] = [
         ("study", DICOM_UID_SYSTEM, f"urn:oid:{study_uid}"),
         ("study", "", study_uid),
         ("study", "", f"ImagingStudy/{imaging['id']}"),
     ]
     with transaction.atomic():
-        resource_put(
-            validated(device), tokens=[("identifier", system("device"), device["identifier"][0]["value"])]
-        )
-        resource_put(
-            validated(imaging),
-            tokens=[("identifier", DICOM_UID_SYSTEM, f"urn:oid:{study_uid}"), *patient_tokens],
-            study_id=study.pk,
-        )
+        # Identifiers and subject are indexed by resource_put itself; these are the extra parameters.
+        resource_put(validated(device))
+        resource_put(validated(imaging), study_id=study.pk)
         for obs in observations:
             resource_put(
                 validated(obs),
                 study_id=study.pk,
                 tokens=[
-                    ("identifier", system("observation"), obs["identifier"][0]["value"]),
-                    *patient_tokens,
                     ("code", obs["code"]["coding"][0]["system"], obs["code"]["coding"][0]["code"]),
                     ("device", "", f"Device/{device['id']}"),
                 ],
@@ -149,12 +139,7 @@ def report_from_job(job: Any) -> FhirResource:
         row = resource_put(
             validated(report),
             study_id=study.pk,
-            tokens=[
-                ("identifier", system("report"), report_value),
-                *patient_tokens,
-                *study_tokens,
-                ("status", "", report["status"]),
-            ]
+            tokens=[*study_tokens, ("status", "", report["status"])]
             + [("result", "", r["reference"]) for r in report["result"]]
             + [("based-on", i["system"], i["value"]) for i in (order_identifiers(order) if order else [])],
         )

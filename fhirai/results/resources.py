@@ -5,6 +5,7 @@ emits: DiagnosticReport, Observation, Device, Provenance, ImagingStudy, Patient,
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from django.conf import settings
@@ -42,3 +43,14 @@ def validated(content: dict[str, Any]) -> dict[str, Any]:
     """Check `content` against the FHIR model of its type; raises ValueError when it does not conform."""
     VALIDATORS[content["resourceType"]].model_validate(content)
     return content
+
+
+def references_rewrite(node: Any, rewrite: Callable[[dict[str, Any]], dict[str, Any]]) -> Any:
+    """A copy of `node` (a resource or part of one) in which every Reference, i.e. every object with
+    a string `reference`, has been passed through `rewrite`."""
+    if isinstance(node, list):
+        return [references_rewrite(n, rewrite) for n in node]
+    if not isinstance(node, dict):
+        return node
+    out = {k: references_rewrite(v, rewrite) for k, v in node.items()}
+    return rewrite(out) if isinstance(out.get("reference"), str) else out

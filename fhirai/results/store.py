@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,9 +19,10 @@ from fhirai.results.resources import VALIDATORS
 Token = tuple[str, str, str]  # (search parameter, system, value)
 
 
-def resource_put(content: dict, *, tokens: list[Token], study_id: int | None = None) -> FhirResource:
+def resource_put(content: dict, *, tokens: Iterable[Token] = (), study_id: int | None = None) -> FhirResource:
     """Store `content` under its resourceType/id: created at version 1, or a new version when the
-    content changed (meta.versionId and meta.lastUpdated are set here)."""
+    content changed (meta.versionId and meta.lastUpdated are set here). The search index gets the
+    tokens every resource has (index_tokens) plus the caller's `tokens` for its own parameters."""
     rtype, rid = content["resourceType"], content["id"]
     with transaction.atomic():
         row = FhirResource.objects.select_for_update().filter(resource_type=rtype, rid=rid).first()
@@ -45,7 +47,8 @@ def resource_put(content: dict, *, tokens: list[Token], study_id: int | None = N
         row.save()
         row.tokens.all().delete()
         FhirToken.objects.bulk_create(
-            FhirToken(resource=row, param=p, system=s[:255], value=v[:255]) for p, s, v in tokens
+            FhirToken(resource=row, param=p, system=s[:255], value=v[:255])
+            for p, s, v in dict.fromkeys([*index_tokens(content), *tokens])
         )
     return row
 
@@ -135,8 +138,8 @@ def resource_validate(content: Any, *, expected_type: str | None = None) -> str:
 
 
 def index_tokens(content: dict[str, Any]) -> list[Token]:
-    """Search index rows of a resource that came from outside: identifiers, and the subject/patient
-    it points at (by literal reference and by identifier)."""
+    """The search index rows every resource gets: its identifiers, and the subject/patient it points
+    at (by literal reference and by identifier)."""
     tokens: list[Token] = [
         ("identifier", i.get("system", ""), i["value"])
         for i in content.get("identifier", [])
@@ -169,7 +172,7 @@ def resource_create(
             if found:
                 return found[0], False
         body = {**content, "id": rid or uuid.uuid4().hex}
-        return resource_put(body, tokens=index_tokens(body)), True
+        return resource_put(body), True
 
 
 def resource_update(
@@ -183,4 +186,4 @@ def resource_update(
         current = FhirResource.objects.select_for_update().filter(resource_type=rtype, rid=rid).first()
         if if_match is not None and (current is None or current.version_id != if_match):
             raise VersionConflict("version-conflict", f"If-Match {if_match} is not the current version")
-        return resource_put(content, tokens=index_tokens(content)), current is None
+        return resource_put(content), current is None

@@ -26,6 +26,7 @@ from fhirai.ingest.models import Study, StudyState
 from fhirai.ingest.state import study_fail, study_transition
 from fhirai.results.models import Delivery, DeliveryState, FhirResource
 from fhirai.results.package import ReportPackage, report_package
+from fhirai.results.resources import references_rewrite
 from fhirai.results.store import resource_read
 
 log = logging.getLogger(__name__)
@@ -248,15 +249,13 @@ def _if_none_exist(resource: dict[str, Any]) -> str:
 def _rewrite_refs(node: Any, local: dict[str, str]) -> Any:
     """Local references become the bundle's urn:uuids; references to resources not sent (the
     ImagingStudy) drop to their logical identifier."""
-    if isinstance(node, list):
-        return [_rewrite_refs(n, local) for n in node]
-    if not isinstance(node, dict):
-        return node
-    out = {k: _rewrite_refs(v, local) for k, v in node.items()}
-    ref = out.get("reference")
-    if isinstance(ref, str) and "/" in ref and not ref.startswith("urn:"):
-        if ref in local:
-            out["reference"] = local[ref]
-        elif "identifier" in out:
-            del out["reference"]
-    return out
+
+    def rewrite(ref: dict[str, Any]) -> dict[str, Any]:
+        target = ref["reference"]
+        if "/" not in target or target.startswith("urn:"):
+            return ref
+        if target in local:
+            return {**ref, "reference": local[target]}
+        return {k: v for k, v in ref.items() if k != "reference"} if "identifier" in ref else ref
+
+    return references_rewrite(node, rewrite)
