@@ -35,3 +35,23 @@ class HttpUpstream:
         if response.status_code == 429 or response.status_code >= 500:
             raise Unavailable(f"upstream answered HTTP {response.status_code}")
         return UpstreamReply(status=response.status_code, body=response.text)
+
+    def read(self, reference: str) -> dict[str, Any] | None:
+        """GET one resource: `Type/id` relative to the base, or an absolute URL on this server.
+        None when the server answers 404/410 (gone); Unavailable on transient failures."""
+        url = reference if "://" in reference else f"{self.base_url}/{reference.lstrip('/')}"
+        try:
+            response = self.session.get(url, timeout=self.timeout)
+        except requests.RequestException as exc:
+            raise Unavailable(f"upstream unreachable: {type(exc).__name__}") from exc
+        if response.status_code in (404, 410):
+            return None
+        if response.status_code == 429 or response.status_code >= 500:
+            raise Unavailable(f"upstream answered HTTP {response.status_code}")
+        if response.status_code != 200:
+            raise Unavailable(f"upstream refused the read with HTTP {response.status_code}")
+        try:
+            body = response.json()
+        except ValueError as exc:
+            raise Unavailable("upstream answered with something that is not JSON") from exc
+        return body if isinstance(body, dict) else None
