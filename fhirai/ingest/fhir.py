@@ -174,3 +174,13 @@ def _resolve(node: Any, ids: dict[str, str]) -> Any:
     return references_rewrite(
         node, lambda ref: {**ref, "reference": ids.get(ref["reference"], ref["reference"])}
     )
+
+
+def resource_receive(content: Any, *, source: str = "") -> FhirResource:
+    """A resource an EHR pushed or notified (Subscriptions): validated and stored under its own id
+    (update-as-create). Raises ResourceInvalid (fhirai.results.store) when it does not conform.
+    `source` names where it came from, for the record."""
+    if not isinstance(content, dict) or not content.get("id"):
+        raise InvalidInput("invalid", "a received resource needs resourceType and id")
+    row, _ = resource_update(content.get("resourceType", ""), content["id"], content)
+    return row
