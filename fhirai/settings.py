@@ -240,6 +240,14 @@ FHIRAI_DEID_UID_ROOT = env_str("FHIRAI_DEID_UID_ROOT", "2.25")
 FHIRAI_BASE_URL = env_str("FHIRAI_BASE_URL", f"http://127.0.0.1:{FHIRAI_HTTP_PORT}").rstrip("/")
 FHIRAI_IDENTIFIER_SYSTEM = env_str("FHIRAI_IDENTIFIER_SYSTEM", "urn:fhirai")
 FHIRAI_PATIENT_ID_SYSTEM = env_str("FHIRAI_PATIENT_ID_SYSTEM", "urn:fhirai:dicom-patient-id")
+# HL7 assigning authority (PID-3.4) -> FHIR identifier system, so an MRN from ADT and the same MRN
+# from a FHIR Patient name one patient: "HOSP=urn:oid:1.2.840.1,CLINIC=http://clinic.example/mrn".
+FHIRAI_MRN_SYSTEMS = {
+    authority.strip(): system.strip()
+    for authority, _, system in (
+        item.partition("=") for item in env_str("FHIRAI_MRN_SYSTEMS").split(",") if "=" in item
+    )
+}
 FHIRAI_FHIR_UPSTREAM_URL = env_str("FHIRAI_FHIR_UPSTREAM_URL").rstrip("/")
 FHIRAI_FHIR_UPSTREAM_TOKEN = env_secret("FHIRAI_FHIR_UPSTREAM_TOKEN")
 FHIRAI_FHIR_UPSTREAM_TIMEOUT = env_float("FHIRAI_FHIR_UPSTREAM_TIMEOUT", 30.0)

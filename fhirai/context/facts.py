@@ -1,5 +1,5 @@
-"""What an inbound message says, in the domain's terms: the adapter that reads HL7 v2 (and later
-FHIR) fills these; the domain acts on them without knowing the wire format."""
+"""What an inbound message says, in the domain's terms: the adapter that reads HL7 v2 and the FHIR
+ingest fill these; the domain acts on them without knowing the wire format."""
 
 from __future__ import annotations
 
@@ -15,6 +15,8 @@ class PatientFacts:
     given: str = ""
     birth_date: str = ""  # YYYY-MM-DD, or YYYY-MM / YYYY
     sex: str = ""  # HL7 table 0001 code
+    mrn_system: str = ""  # the identifier system, when the source names one (FHIR)
+    resource_id: str = ""  # the FHIR id the source gave this patient (FHIR)
 
 
 @dataclass
@@ -27,6 +29,8 @@ class OrderFacts:
     procedure_text: str = ""
     control: str = ""  # ORC-1 (NW, CA, SC, XO ...)
     status: str = ""  # ORC-5
+    fhir_status: str = ""  # ServiceRequest.status, when the source is FHIR
+    resource_id: str = ""  # the FHIR id the source gave this order (FHIR)
 
 
 @dataclass

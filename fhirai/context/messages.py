@@ -17,9 +17,9 @@ from fhirai.celery import TASK_MESSAGES_PROCESS, dispatch_on_commit
 from fhirai.context.acks import app_ack_queue
 from fhirai.context.facts import MessageFacts, MessageReader
 from fhirai.context.models import ClinicalReport
-from fhirai.context.records import order_upsert, patient_merge, patient_upsert
-from fhirai.ingest.models import Message, MessageState, Study
-from fhirai.results.report import study_reports_refresh
+from fhirai.context.received import order_received
+from fhirai.context.records import patient_merge, patient_upsert
+from fhirai.ingest.models import Message, MessageState
 
 log = logging.getLogger(__name__)
 _LOCK_KEY = 0x6668_6972  # "fhir": one advisory lock serializes message application
@@ -91,11 +91,7 @@ def _apply(message: Message, facts: MessageFacts) -> str:
     if facts.kind == "order":
         if facts.order is None or not facts.order.accession:
             raise ValueError("the order carries no accession number (OBR-18 / IPC-1)")
-        order = order_upsert(facts.order, patient)
-        study = Study.objects.filter(accession_number=facts.order.accession).first()
-        if study is not None:
-            record("study", study.pk, Event.RECEIVED, detail=f"order {order.pk} linked by accession")
-            study_reports_refresh(study.pk)  # a report written before its order arrived gains basedOn
+        order, study = order_received(facts.order, patient)
         return f"order {order.pk}" + (f", linked to study {study.pk}" if study else "")
     if facts.kind == "report":
         report = facts.report

@@ -11,9 +11,13 @@ from typing import Any
 
 from django.db import transaction
 
+from fhirai.context.facts import OrderFacts, PatientFacts
+from fhirai.context.models import Patient
+from fhirai.context.received import order_received
+from fhirai.context.records import patient_find, patient_upsert
 from fhirai.errors import InvalidInput, NotFound
 from fhirai.results.models import FhirResource
-from fhirai.results.resources import references_rewrite
+from fhirai.results.resources import references_rewrite, system
 from fhirai.results.store import (
     TokenParam,
     resource_create,
@@ -101,7 +105,7 @@ def _batch_entry(entry: Any) -> dict[str, Any]:
         rtype = url.split("/", 1)[0]
         with transaction.atomic():
             if method == "POST":
-                row, created = resource_create(
+                row, created = fhir_create(
                     resource, if_none_exist=conditions(entry["request"].get("ifNoneExist", ""))
                 )
                 return _response(row, created)
@@ -152,9 +156,9 @@ def _apply(
     if method == "POST":
         if existing is not None:
             return _response(existing, False)
-        row, created = resource_create(resource or {}, rid=rid)
+        row, created = fhir_create(resource or {}, rid=rid)
         return _response(row, created)
-    row, created = resource_update(rtype, rid, {**(resource or {}), "id": rid})
+    row, created = fhir_update(rtype, rid, {**(resource or {}), "id": rid})
     return _response(row, created)
 
 
@@ -178,9 +182,113 @@ def _resolve(node: Any, ids: dict[str, str]) -> Any:
 
 def resource_receive(content: Any, *, source: str = "") -> FhirResource:
     """A resource an EHR pushed or notified (Subscriptions): validated and stored under its own id
-    (update-as-create). Raises ResourceInvalid (fhirai.results.store) when it does not conform.
-    `source` names where it came from, for the record."""
+    (update-as-create), its patient/order context applied. Raises ResourceInvalid
+    (fhirai.results.store) when it does not conform. `source` names where it came from."""
     if not isinstance(content, dict) or not content.get("id"):
         raise InvalidInput("invalid", "a received resource needs resourceType and id")
-    row, _ = resource_update(content.get("resourceType", ""), content["id"], content)
+    row, _ = fhir_update(content.get("resourceType", ""), content["id"], content)
     return row
+
+
+def fhir_create(
+    content: dict[str, Any], *, if_none_exist: list[list[Any]] | None = None, rid: str | None = None
+) -> tuple[FhirResource, bool]:
+    """Create (R4 create / conditional create) and apply the resource's context."""
+    with transaction.atomic():
+        row, created = resource_create(content, if_none_exist=if_none_exist, rid=rid)
+        if created:
+            context_apply(row)
+    return row, created
+
+
+def fhir_update(
+    rtype: str, rid: str, content: dict[str, Any], *, if_match: int | None = None
+) -> tuple[FhirResource, bool]:
+    """Update or create with this id (R4 update) and apply the resource's context."""
+    with transaction.atomic():
+        row, created = resource_update(rtype, rid, content, if_match=if_match)
+        context_apply(row)
+    return row, created
+
+
+V2_0203 = "http://terminology.hl7.org/CodeSystem/v2-0203"
+SEX = {"male": "M", "female": "F", "other": "O", "unknown": "U"}
+
+
+def context_apply(row: FhirResource) -> None:
+    """Patient, ServiceRequest and ImagingStudy from a FHIR source feed the same domain calls as
+    HL7 v2 ADT and ORM: the patient record, the order keyed by accession, the study link."""
+    content = row.content
+    if row.resource_type == "Patient":
+        facts = patient_facts(content)
+        if facts is not None:
+            patient_upsert(facts, render=False)
+    elif row.resource_type == "ServiceRequest":
+        order = order_facts(content)
+        if order is not None:
+            order_received(order, _subject(content), render=False, via="ServiceRequest")
+    elif row.resource_type == "ImagingStudy":
+        accession = _typed_identifier(content, "ACSN", system("acsn"))
+        if accession:
+            order_received(OrderFacts(accession=accession), _subject(content), via="ImagingStudy")
+
+
+def _typed_identifier(content: dict[str, Any], code: str, fhirai_system: str) -> str:
+    for ident in content.get("identifier", []):
+        codes = {c.get("code") for c in ident.get("type", {}).get("coding", [])}
+        if ident.get("value") and (code in codes or ident.get("system") == fhirai_system):
+            return str(ident["value"])
+    return ""
+
+
+def patient_facts(content: dict[str, Any]) -> PatientFacts | None:
+    """The patient a FHIR Patient names: its MR identifier (else its first), name, sex, birth date."""
+    idents = [i for i in content.get("identifier", []) if i.get("value")]
+    if not idents:
+        return None
+    mr = [i for i in idents if "MR" in {c.get("code") for c in i.get("type", {}).get("coding", [])}]
+    ident = (mr or idents)[0]
+    names = content.get("name", [])
+    name = next((n for n in names if n.get("use") == "official"), names[0] if names else {})
+    return PatientFacts(
+        mrn=str(ident["value"])[:64],
+        mrn_authority=str(ident.get("assigner", {}).get("display", ""))[:64],
+        mrn_system=str(ident.get("system", "")),
+        family=str(name.get("family", ""))[:194],
+        given=" ".join(name.get("given", []))[:194],
+        birth_date=str(content.get("birthDate", "")),
+        sex=SEX.get(content.get("gender", ""), ""),
+        resource_id=content["id"],
+    )
+
+
+def order_facts(content: dict[str, Any]) -> OrderFacts | None:
+    """The imaging order a FHIR ServiceRequest is: keyed by its accession (identifier type ACSN)."""
+    accession = _typed_identifier(content, "ACSN", system("acsn"))
+    if not accession:
+        return None
+    coding = (content.get("code", {}).get("coding") or [{}])[0]
+    return OrderFacts(
+        accession=accession[:64],
+        placer_number=_typed_identifier(content, "PLAC", system("plac"))[:64],
+        filler_number=_typed_identifier(content, "FILL", system("fill"))[:64],
+        procedure_code=str(coding.get("code", ""))[:64],
+        procedure_system=str(coding.get("system", ""))[:64],
+        procedure_text=str(content.get("code", {}).get("text") or coding.get("display", ""))[:199],
+        fhir_status=str(content.get("status", "")),
+        resource_id=content["id"],
+    )
+
+
+def _subject(content: dict[str, Any]) -> Patient | None:
+    """The patient record a FHIR subject reference points at, by id or by identifier."""
+    ref = content.get("subject") or {}
+    target = ref.get("reference", "")
+    if target.startswith("Patient/"):
+        patient = Patient.objects.filter(resource_id=target.split("/", 1)[1]).first()
+        if patient is not None:
+            return patient.surviving()
+    ident = ref.get("identifier") or {}
+    if ident.get("value"):
+        return patient_find(str(ident["value"]), str(ident.get("system", "")))
+    return None

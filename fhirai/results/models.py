@@ -35,6 +35,32 @@ class FhirToken(models.Model):
         indexes = [models.Index(fields=["param", "value"])]
 
 
+class FhirVersion(models.Model):
+    """Every version a resource has had (vread, _history): the current one is also in FhirResource."""
+
+    resource = models.ForeignKey(FhirResource, on_delete=models.CASCADE, related_name="versions")
+    version_id = models.PositiveIntegerField()
+    last_updated = models.DateTimeField()
+    method = models.CharField(max_length=8, default="PUT")
+    content = models.JSONField()
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["resource", "version_id"], name="fhir_version_once")]
+        indexes = [models.Index(fields=["last_updated"])]
+
+
+class FhirDate(models.Model):
+    """A date search index row: the instant range [low, high) one date element of a resource covers."""
+
+    resource = models.ForeignKey(FhirResource, on_delete=models.CASCADE, related_name="dates")
+    param = models.CharField(max_length=64)
+    low = models.DateTimeField()
+    high = models.DateTimeField()
+
+    class Meta:
+        indexes = [models.Index(fields=["param", "low"]), models.Index(fields=["param", "high"])]
+
+
 class DeliveryState(models.TextChoices):
     PENDING = "pending"
     SENDING = "sending"

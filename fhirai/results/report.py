@@ -16,7 +16,6 @@ from django.utils import timezone
 from fhirai.audit.timeline import Event, record
 from fhirai.context.records import (
     order_for_accession,
-    order_identifiers,
     order_reference,
     patient_find,
     patient_reference,
@@ -41,11 +40,7 @@ def report_from_job(job: Any) -> FhirResource:
     that recorded the last job's result)."""
     study: Study = job.study
     model = job.model
-    study_uid = vault_lookup("study-uid", study.study_pseudonym)
-    issuer, _, patient_id = vault_lookup("patient-id", study.patient_pseudonym).partition("\x1f")
-    order = order_for_accession(study.accession_number)
-    patient = order.patient.surviving() if order and order.patient else patient_find(patient_id)
-    subject = patient_reference(patient) if patient else dicom_patient_reference(patient_id, issuer)
+    study_uid, subject, order = study_context(study)
     now = timezone.now()
     effective = study_datetime(study.study_date, study.study_time) or now
     report_key = f"{study_uid}\x1f{model.name}\x1f{model.version}"
@@ -66,7 +61,7 @@ def report_from_job(job: Any) -> FhirResource:
     ]
     report = {
         "resourceType": "DiagnosticReport",
-        "id": stable_id("DiagnosticReport", report_key),
+        "id": report_id(study_uid, model),
         "identifier": [{"system": system("report"), "value": report_value}],
         "status": "final" if study.revision == 1 else "amended",
         "category": [{"coding": [{"system": V2_0074, "code": "RAD", "display": "Radiology"}]}],
@@ -124,32 +119,16 @@ def report_from_job(job: Any) -> FhirResource:
         ("study", "", f"ImagingStudy/{imaging['id']}"),
     ]
     with transaction.atomic():
-        # Identifiers and subject are indexed by resource_put itself; these are the extra parameters.
+        # The type's search parameters are indexed by resource_put; these are fhirai's own.
         resource_put(validated(device))
         resource_put(validated(imaging), study_id=study.pk)
         for obs in observations:
-            resource_put(
-                validated(obs),
-                study_id=study.pk,
-                tokens=[
-                    ("code", obs["code"]["coding"][0]["system"], obs["code"]["coding"][0]["code"]),
-                    ("device", "", f"Device/{device['id']}"),
-                ],
-            )
-        row = resource_put(
-            validated(report),
-            study_id=study.pk,
-            tokens=[*study_tokens, ("status", "", report["status"])]
-            + [("result", "", r["reference"]) for r in report["result"]]
-            + [("based-on", i["system"], i["value"]) for i in (order_identifiers(order) if order else [])],
-        )
+            resource_put(validated(obs), study_id=study.pk)
+        row = resource_put(validated(report), study_id=study.pk, tokens=study_tokens)
         resource_put(
             validated(provenance),
             study_id=study.pk,
-            tokens=[
-                ("_tag", system("report"), provenance["meta"]["tag"][0]["code"]),
-                ("target", "", f"DiagnosticReport/{report['id']}"),
-            ],
+            tokens=[("_tag", system("report"), provenance["meta"]["tag"][0]["code"])],
         )
         queued = deliveries_create(row, study)
         detail = f"DiagnosticReport/{row.rid} v{row.version_id}, {len(observations)} observations" + (
@@ -165,6 +144,22 @@ def report_from_job(job: Any) -> FhirResource:
         if not moved:
             record("study", study.pk, Event.REPORTED, detail=detail)
     return row
+
+
+def report_id(study_uid: str, model: Any) -> str:
+    """The id of the report one model writes on one study (every revision is a version of it)."""
+    return stable_id("DiagnosticReport", f"{study_uid}\x1f{model.name}\x1f{model.version}")
+
+
+def study_context(study: Study) -> tuple[str, dict[str, Any], Any]:
+    """The study's real StudyInstanceUID (re-identified through the vault), the reference to its
+    patient (the EHR's record when one is known, else the DICOM PatientID) and its order."""
+    study_uid = vault_lookup("study-uid", study.study_pseudonym)
+    issuer, _, patient_id = vault_lookup("patient-id", study.patient_pseudonym).partition("\x1f")
+    order = order_for_accession(study.accession_number)
+    patient = order.patient.surviving() if order and order.patient else patient_find(patient_id)
+    subject = patient_reference(patient) if patient else dicom_patient_reference(patient_id, issuer)
+    return study_uid, subject, order
 
 
 def study_reports_refresh(study_id: int) -> int:

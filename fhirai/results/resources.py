@@ -1,6 +1,7 @@
 """Helpers every builder of FHIR resources in fhirai shares: identifier systems, deterministic
 ids, validation against the fhir.resources R4B models (R4 and R4B agree on every element fhirai
-emits: DiagnosticReport, Observation, Device, Provenance, ImagingStudy, Patient, ServiceRequest)."""
+emits: DiagnosticReport, Observation, Device, Provenance, ImagingStudy, Patient, ServiceRequest,
+Task)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from fhir.resources.R4B.observation import Observation
 from fhir.resources.R4B.patient import Patient
 from fhir.resources.R4B.provenance import Provenance
 from fhir.resources.R4B.servicerequest import ServiceRequest
+from fhir.resources.R4B.task import Task
 
 _NS = uuid.UUID("6f3f8a52-35c4-4f4b-9a0c-1b8e2f1c9d77")  # fhirai's namespace for deterministic ids
 VALIDATORS = {
@@ -26,6 +28,7 @@ VALIDATORS = {
     "ImagingStudy": ImagingStudy,
     "Patient": Patient,
     "ServiceRequest": ServiceRequest,
+    "Task": Task,
 }
 
 

@@ -5,50 +5,72 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from datetime import datetime
+from typing import Any, Protocol
 
 from django.db import transaction
-from django.db.models import QuerySet
+from django.db.models import Q, QuerySet
 from django.utils import timezone
 from pydantic import ValidationError
 
 from fhirai.errors import InvalidInput, NotFound
-from fhirai.results.models import FhirResource, FhirToken
+from fhirai.results.models import FhirDate, FhirResource, FhirToken, FhirVersion
 from fhirai.results.resources import VALIDATORS
+from fhirai.results.searchparams import date_range, index_dates, index_tokens
 
 Token = tuple[str, str, str]  # (search parameter, system, value)
 
 
-def resource_put(content: dict, *, tokens: Iterable[Token] = (), study_id: int | None = None) -> FhirResource:
+def resource_put(
+    content: dict,
+    *,
+    tokens: Iterable[Token] = (),
+    study_id: int | None = None,
+    method: str = "PUT",
+) -> FhirResource:
     """Store `content` under its resourceType/id: created at version 1, or a new version when the
-    content changed (meta.versionId and meta.lastUpdated are set here). The search index gets the
-    tokens every resource has (index_tokens) plus the caller's `tokens` for its own parameters."""
+    content changed (meta.versionId and meta.lastUpdated are set here; every version is kept for
+    vread and _history). The search index gets the rows of the type's search parameters
+    (fhirai.results.searchparams) plus the caller's `tokens` for parameters of its own."""
     rtype, rid = content["resourceType"], content["id"]
     with transaction.atomic():
         row = FhirResource.objects.select_for_update().filter(resource_type=rtype, rid=rid).first()
         body = {k: v for k, v in content.items() if k != "meta"}
         if row is not None:
             old = {k: v for k, v in row.content.items() if k != "meta"}
-            if old == body:
+            old_tags = (row.content.get("meta") or {}).get("tag")
+            if old == body and (content.get("meta") or {}).get("tag", old_tags) == old_tags:
                 return row
             row.version_id += 1
         else:
             row = FhirResource(resource_type=rtype, rid=rid, version_id=1)
         row.last_updated = timezone.now()
-        row.study_id = study_id
-        meta = dict(content.get("meta") or {})
-        meta.update(versionId=str(row.version_id), lastUpdated=row.last_updated.isoformat())
+        if study_id is not None or row.pk is None:
+            row.study_id = study_id
+        meta = {k: v for k, v in (content.get("meta") or {}).items() if k not in ("versionId", "lastUpdated")}
         row.content = {
             "resourceType": rtype,
             "id": rid,
-            "meta": meta,
+            "meta": {"versionId": str(row.version_id), "lastUpdated": row.last_updated.isoformat(), **meta},
             **{k: v for k, v in body.items() if k not in ("resourceType", "id")},
         }
         row.save()
-        row.tokens.all().delete()
+        FhirVersion.objects.create(
+            resource=row,
+            version_id=row.version_id,
+            last_updated=row.last_updated,
+            method=method,
+            content=row.content,
+        )
+        if row.version_id > 1:
+            row.tokens.all().delete()
+            row.dates.all().delete()
         FhirToken.objects.bulk_create(
             FhirToken(resource=row, param=p, system=s[:255], value=v[:255])
-            for p, s, v in dict.fromkeys([*index_tokens(content), *tokens])
+            for p, s, v in dict.fromkeys([*index_tokens(row.content), *tokens])
+        )
+        FhirDate.objects.bulk_create(
+            FhirDate(resource=row, param=p, low=low, high=high) for p, low, high in index_dates(row.content)
         )
     return row
 
@@ -61,9 +83,43 @@ def resource_read(rtype: str, rid: str) -> FhirResource:
     return row
 
 
+def resource_vread(rtype: str, rid: str, version: str) -> FhirVersion:
+    """One version of one resource (R4 vread)."""
+    row = FhirVersion.objects.filter(
+        resource__resource_type=rtype, resource__rid=rid, version_id=int(version) if version.isdigit() else -1
+    ).first()
+    if row is None:
+        if FhirResource.objects.filter(resource_type=rtype, rid=rid).exists():
+            raise NotFound(f"{rtype}/{rid} has no version {version}")
+        raise NotFound(f"{rtype}/{rid} is not known")
+    return row
+
+
+def resource_history(
+    rtype: str | None = None, rid: str | None = None, *, since: datetime | None = None
+) -> QuerySet[FhirVersion]:
+    """Versions, newest first: of one resource, of one type, or of everything (R4 history)."""
+    qs = FhirVersion.objects.select_related("resource")
+    if rtype:
+        qs = qs.filter(resource__resource_type=rtype)
+    if rid:
+        qs = qs.filter(resource__rid=rid)
+        if not qs.exists() and not FhirResource.objects.filter(resource_type=rtype, rid=rid).exists():
+            raise NotFound(f"{rtype}/{rid} is not known")
+    if since is not None:
+        qs = qs.filter(last_updated__gte=since)
+    return qs.order_by("-last_updated", "-id")
+
+
+class Criterion(Protocol):
+    def q(self) -> Q:
+        """A filter on FhirResource."""
+
+
 @dataclass(frozen=True)
 class TokenParam:
-    """One token-search criterion: `system|value`, `|value` (no system) or `value` (any system)."""
+    """One token or reference criterion: `system|value`, `|value` (no system) or `value` (any
+    system); `_id` compares the resource id."""
 
     param: str
     system: str | None
@@ -80,20 +136,98 @@ class TokenParam:
             return cls(param, system, value)
         return cls(param, None, raw)
 
+    def q(self) -> Q:
+        if self.param == "_id":
+            return Q(rid=self.value)
+        match = FhirToken.objects.filter(param=self.param, value=self.value[:255])
+        if self.system is not None:
+            match = match.filter(system=self.system)
+        return Q(pk__in=match.values("resource_id"))
 
-def resource_search(rtype: str, criteria: list[list[TokenParam]]) -> QuerySet[FhirResource]:
-    """Resources of `rtype` matching every criterion (each criterion: any of its values), newest first."""
+
+@dataclass(frozen=True)
+class StringParam:
+    """A string criterion: case-insensitive starts-with, or contains with :contains."""
+
+    param: str
+    value: str
+    contains: bool = False
+
+    def q(self) -> Q:
+        value = self.value.casefold()[:255]
+        lookup = {"value__contains" if self.contains else "value__startswith": value}
+        return Q(pk__in=FhirToken.objects.filter(param=self.param, **lookup).values("resource_id"))
+
+
+DATE_PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb")
+
+
+@dataclass(frozen=True)
+class DateParam:
+    """A date criterion with its R4 prefix, against the index ranges [low, high) (or against
+    lastUpdated for `_lastUpdated`), by the R4 rules for ranges (search.html#prefix)."""
+
+    param: str
+    prefix: str
+    low: datetime
+    high: datetime
+
+    @classmethod
+    def parse(cls, param: str, raw: str) -> DateParam:
+        prefix = raw[:2] if raw[:2].isalpha() else "eq"
+        value = raw[2:] if raw[:2].isalpha() else raw
+        if prefix not in DATE_PREFIXES:
+            raise InvalidInput("invalid-search", f"{param}: prefix {prefix} is not supported")
+        span = date_range(value.replace(" ", "+"))
+        if span is None:
+            raise InvalidInput(
+                "invalid-search", f"{param}: {value!r} is not a FHIR date, dateTime or instant"
+            )
+        return cls(param, prefix, *span)
+
+    def _range_q(self, low: str, high: str) -> Q:
+        within = Q(**{f"{low}__gte": self.low, f"{high}__lte": self.high})
+        return {
+            "eq": within,
+            "ne": ~within,
+            "gt": Q(**{f"{high}__gt": self.high}),
+            "lt": Q(**{f"{low}__lt": self.low}),
+            "ge": Q(**{f"{high}__gt": self.high}) | within,
+            "le": Q(**{f"{low}__lt": self.low}) | within,
+            "sa": Q(**{f"{low}__gte": self.high}),
+            "eb": Q(**{f"{high}__lte": self.low}),
+        }[self.prefix]
+
+    def q(self) -> Q:
+        if self.param == "_lastUpdated":
+            return self.instant_q("last_updated")
+        match = FhirDate.objects.filter(Q(param=self.param) & self._range_q("low", "high"))
+        return Q(pk__in=match.values("resource_id"))
+
+    def instant_q(self, at: str) -> Q:
+        """The criterion on a model field holding one instant (lastUpdated, an audit event's time)."""
+        within = Q(**{f"{at}__gte": self.low, f"{at}__lt": self.high})
+        return {
+            "eq": within,
+            "ne": ~within,
+            "gt": Q(**{f"{at}__gte": self.high}),
+            "lt": Q(**{f"{at}__lt": self.low}),
+            "ge": Q(**{f"{at}__gte": self.low}),
+            "le": Q(**{f"{at}__lt": self.high}),
+            "sa": Q(**{f"{at}__gte": self.high}),
+            "eb": Q(**{f"{at}__lt": self.low}),
+        }[self.prefix]
+
+
+def resource_search(rtype: str, criteria: list[list[Criterion]]) -> QuerySet[FhirResource]:
+    """Resources of `rtype` matching every criterion (each criterion: any of its alternatives, the
+    comma-separated values of one parameter), newest first."""
     qs = FhirResource.objects.filter(resource_type=rtype)
     for alternatives in criteria:
-        ids: set[int] = set()
-        for token in alternatives:
-            match = FhirToken.objects.filter(
-                param=token.param, value=token.value, resource__resource_type=rtype
-            )
-            if token.system is not None:
-                match = match.filter(system=token.system)
-            ids.update(match.values_list("resource_id", flat=True))
-        qs = qs.filter(pk__in=ids)
+        either = Q()
+        for criterion in alternatives:
+            either |= criterion.q()
+        qs = qs.filter(either)
     return qs.order_by("-last_updated", "-id")
 
 
@@ -137,25 +271,6 @@ def resource_validate(content: Any, *, expected_type: str | None = None) -> str:
     return rtype
 
 
-def index_tokens(content: dict[str, Any]) -> list[Token]:
-    """The search index rows every resource gets: its identifiers, and the subject/patient it points
-    at (by literal reference and by identifier)."""
-    tokens: list[Token] = [
-        ("identifier", i.get("system", ""), i["value"])
-        for i in content.get("identifier", [])
-        if isinstance(i, dict) and i.get("value")
-    ]
-    for element in ("subject", "patient"):
-        ref = content.get(element)
-        if isinstance(ref, dict):
-            if isinstance(ref.get("reference"), str):
-                tokens.append(("subject", "", ref["reference"]))
-            ident = ref.get("identifier")
-            if isinstance(ident, dict) and ident.get("value"):
-                tokens.append(("patient-identifier", ident.get("system", ""), ident["value"]))
-    return tokens
-
-
 def resource_create(
     content: dict[str, Any], *, if_none_exist: list[list[TokenParam]] | None = None, rid: str | None = None
 ) -> tuple[FhirResource, bool]:
@@ -172,7 +287,7 @@ def resource_create(
             if found:
                 return found[0], False
         body = {**content, "id": rid or uuid.uuid4().hex}
-        return resource_put(body), True
+        return resource_put(body, method="POST"), True
 
 
 def resource_update(

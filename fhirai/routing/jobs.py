@@ -15,6 +15,7 @@ from fhirai.celery import TASK_INFER, dispatch_on_commit
 from fhirai.ingest.models import Study, StudyState
 from fhirai.ingest.state import study_fail, study_transition
 from fhirai.results.report import report_from_job
+from fhirai.results.task import job_task_put
 from fhirai.routing.models import InferenceJob, JobState
 from fhirai.routing.rules import model_inputs, study_models
 
@@ -62,6 +63,7 @@ def study_route(study_id: int) -> None:
                     )
             except IntegrityError:
                 continue
+            job_task_put(job)
             job_dispatch(job)
 
 
@@ -87,13 +89,19 @@ def job_record_result(job_id: int, output: dict[str, Any]) -> None:
         if study.revision != job.revision or study.state != StudyState.QUEUED:
             job.state, job.finished_at = JobState.SUPERSEDED, timezone.now()
             job.save(update_fields=["state", "finished_at"])
+            job_task_put(job)
             return
         job.state, job.result, job.finished_at = JobState.DONE, output, timezone.now()
         job.save(update_fields=["state", "result", "finished_at"])
         record("study", study.pk, Event.INFERRED, detail=f"{job.model} job {job.pk}")
         if study.jobs.filter(revision=study.revision, state=JobState.QUEUED).exists():
+            job_task_put(job)
             return
         report_from_job(job)
+        for done in study.jobs.filter(revision=study.revision, state=JobState.DONE).select_related(
+            "study", "model"
+        ):
+            job_task_put(done)  # completed, with the report as output
 
 
 def job_fail(job_id: int, error: str) -> None:
@@ -104,6 +112,7 @@ def job_fail(job_id: int, error: str) -> None:
             return
         job.state, job.error, job.finished_at = JobState.FAILED, error[:2000], timezone.now()
         job.save(update_fields=["state", "error", "finished_at"])
+        job_task_put(job)
         study_fail(
             job.study_id,
             error=f"job {job.pk} ({job.model_id}): {error[:500]}",
@@ -140,5 +149,7 @@ def job_retry(job: InferenceJob) -> int:
             Event.RETRIED,
             detail=f"job {job.pk} dispatched again (attempt {job.attempts + 1})",
         )
+        job.refresh_from_db()
+        job_task_put(job)
         job_dispatch(job)
     return 1

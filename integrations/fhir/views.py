@@ -1,5 +1,7 @@
-"""The FHIR R4 facade at /fhir/: CapabilityStatement, read and search for the resources fhirai
-owns. JSON only (XML is issue 5's); every error is an OperationOutcome."""
+"""The FHIR R4 facade at /fhir/: CapabilityStatement, read, vread, search, history for the resources
+fhirai owns or receives, in JSON or XML; writes are in write.py. Every error is an
+OperationOutcome. Search parameters come from one table (fhirai.results.searchparams), which the
+CapabilityStatement declares as it is."""
 
 from __future__ import annotations
 
@@ -10,128 +12,150 @@ from typing import Any
 from urllib.parse import urlencode
 
 from django.conf import settings
-from django.http import HttpRequest, HttpResponse
+from django.db.models import Q
+from django.http import HttpRequest, HttpResponse, QueryDict
 from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 
 from fhirai import errors
-from fhirai.results.models import FhirResource
-from fhirai.results.store import TokenParam, resource_read, resource_search
+from fhirai.audit.fhir import audit_event, audit_search
+from fhirai.audit.models import TimelineEvent
+from fhirai.results.models import FhirResource, FhirVersion
+from fhirai.results.searchparams import BY_NAME, PARAMS, Param, reference_normalize, values
+from fhirai.results.store import (
+    DateParam,
+    StringParam,
+    TokenParam,
+    resource_history,
+    resource_read,
+    resource_search,
+    resource_vread,
+)
 from integrations.fhir import outcome, write
+from integrations.fhir.formats import negotiated
 from integrations.fhir.outcome import FHIR_JSON
 
-VERSION = "0.1.0"
-# Search parameters per type: FHIR name (with modifier) -> index name. `study` is fhirai's own
-# (DiagnosticReport.imagingStudy by StudyInstanceUID, urn:oid:UID or ImagingStudy/id).
-SEARCH: dict[str, dict[str, str]] = {
-    "DiagnosticReport": {
-        "_id": "_id",
-        "identifier": "identifier",
-        "subject:identifier": "patient-identifier",
-        "patient:identifier": "patient-identifier",
-        "subject": "subject",
-        "study": "study",
-        "status": "status",
-        "based-on:identifier": "based-on",
-    },
-    "Observation": {
-        "_id": "_id",
-        "identifier": "identifier",
-        "subject:identifier": "patient-identifier",
-        "patient:identifier": "patient-identifier",
-        "subject": "subject",
-        "code": "code",
-        "device": "device",
-    },
-    "ImagingStudy": {
-        "_id": "_id",
-        "identifier": "identifier",
-        "subject:identifier": "patient-identifier",
-        "patient:identifier": "patient-identifier",
-    },
-    "Device": {"_id": "_id", "identifier": "identifier"},
-    "Patient": {"_id": "_id", "identifier": "identifier"},
-    "ServiceRequest": {
-        "_id": "_id",
-        "identifier": "identifier",
-        "subject": "subject",
-        "subject:identifier": "patient-identifier",
-        "patient:identifier": "patient-identifier",
-    },
-    "Provenance": {"_id": "_id", "target": "target"},
-}
-INCLUDES = {"DiagnosticReport": {"DiagnosticReport:result": "result"}}
-CONTROL = {"_count", "_offset", "_format", "_include", "_pretty", "_summary"}
+VERSION = "0.2.0"
+READ_ONLY = {"AuditEvent"}
+TYPES = [*PARAMS, *READ_ONLY]
+CONTROL = {"_count", "_offset", "_format", "_include", "_pretty", "_summary", "_sort", "_total", "_elements"}
+MODIFIERS = {"reference": {"", "identifier"}, "string": {"", "contains"}}
 
 
-def fhir_get(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
-    """GET only (create/update arrive with issue 5): anything else is a 405 OperationOutcome."""
+class _Refused(Exception):
+    def __init__(self, response: HttpResponse) -> None:
+        self.response = response
 
-    @wraps(view)
-    def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
-        if request.method not in ("GET", "HEAD"):
-            response = outcome.outcome(outcome.METHOD_NOT_ALLOWED, f"{request.method} is not supported here")
-            response["Allow"] = "GET, HEAD, POST, PUT"
-            return response
-        return view(request, *args, **kwargs)
 
-    return wrapper
+def _refuse(kind: tuple[str, int], message: str, expression: str | None = None) -> _Refused:
+    return _Refused(outcome.outcome(kind, message, expression=expression))
+
+
+def fhir_view(
+    methods: tuple[str, ...],
+) -> Callable[[Callable[..., HttpResponse]], Callable[..., HttpResponse]]:
+    """Allowed methods (405 otherwise), content negotiation, refusals as OperationOutcomes."""
+
+    def decorate(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
+        @csrf_exempt
+        @negotiated
+        @wraps(view)
+        def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+            rtype = kwargs.get("rtype")
+            if rtype is not None and rtype not in TYPES:
+                return outcome.outcome(outcome.NOT_SUPPORTED, f"resource type {rtype} is not supported here")
+            if request.method not in methods and not (request.method == "HEAD" and "GET" in methods):
+                response = outcome.outcome(
+                    outcome.METHOD_NOT_ALLOWED, f"{request.method} is not supported here"
+                )
+                response["Allow"] = ", ".join(methods)
+                return response
+            rtype = kwargs.get("rtype")
+            if rtype is not None and rtype not in TYPES:
+                return outcome.outcome(outcome.NOT_SUPPORTED, f"resource type {rtype} is not supported here")
+            try:
+                return view(request, *args, **kwargs)
+            except _Refused as refused:
+                return refused.response
+            except errors.NotFound as exc:
+                return outcome.outcome(outcome.NOT_FOUND, str(exc))
+
+        return wrapper
+
+    return decorate
 
 
 def _json(body: dict[str, Any], status: int = 200) -> HttpResponse:
     return HttpResponse(json.dumps(body), status=status, content_type=FHIR_JSON)
 
 
-def _format_refused(request: HttpRequest) -> HttpResponse | None:
-    fmt = request.GET.get("_format", "")
-    accept = request.headers.get("Accept", "")
-    wants_xml = "xml" in fmt or ("xml" in accept and "json" not in accept and "*/*" not in accept)
-    if wants_xml:
-        return outcome.outcome(outcome.NOT_ACCEPTABLE, "only JSON is supported (application/fhir+json)")
-    if fmt and fmt not in ("json", "application/json", "application/fhir+json"):
-        return outcome.outcome(outcome.NOT_ACCEPTABLE, f"unknown _format {fmt}")
-    return None
+def _http_date(at: Any) -> str:
+    return at.strftime("%a, %d %b %Y %H:%M:%S GMT")
 
 
-def _search_param(rtype: str, name: str) -> dict[str, str]:
-    base, _, modifier = name.partition(":")
-    param = {"name": base, "type": "reference" if modifier else "token"}
-    if name == "study":
-        param["documentation"] = (
-            "fhirai's own: the ImagingStudy by StudyInstanceUID, urn:oid:UID or ImagingStudy/id"
-        )
-    elif modifier:
-        param["documentation"] = "by the referenced Patient's identifier only (the :identifier modifier)"
-    if not base.startswith("_") and name != "study":
-        param["definition"] = f"http://hl7.org/fhir/SearchParameter/{rtype}-{base}"
-    return param
+def _resource_response(content: dict[str, Any], version: int, at: Any) -> HttpResponse:
+    response = _json(content)
+    response["ETag"] = f'W/"{version}"'
+    response["Last-Modified"] = _http_date(at)
+    return response
 
 
-@fhir_get
+def _base() -> str:
+    return f"{settings.FHIRAI_BASE_URL}/fhir"
+
+
+# --- CapabilityStatement -----------------------------------------------------------------------
+
+
+def _search_param(param: Param) -> dict[str, Any]:
+    kind = {"special": "date" if param.name == "_lastUpdated" else "token"}.get(param.kind, param.kind)
+    out: dict[str, Any] = {"name": param.name, "type": kind}
+    if param.definition:
+        out["definition"] = param.definition
+    docs = {
+        "reference": "Type/id, id, or an absolute URL on this server; :identifier matches the referenced "
+        "resource's identifier (system|value)",
+        "date": "prefixes eq ne gt lt ge le sa eb; ap is not supported",
+        "string": "case-insensitive starts-with; :contains",
+    }
+    if param.documentation or param.kind in docs:
+        out["documentation"] = param.documentation or docs[param.kind]
+    return out
+
+
+def _capability_resource(rtype: str) -> dict[str, Any]:
+    params = BY_NAME[rtype].values()
+    if rtype in READ_ONLY:
+        return {
+            "type": rtype,
+            "documentation": "read-only: fhirai's audit trail, one AuditEvent per timeline event",
+            "interaction": [{"code": "read"}, {"code": "search-type"}],
+            "versioning": "no-version",
+            "readHistory": False,
+            "searchParam": [_search_param(p) for p in params],
+        }
+    return {
+        "type": rtype,
+        "interaction": [
+            {"code": c}
+            for c in ("read", "vread", "update", "history-instance", "history-type", "create", "search-type")
+        ],
+        "versioning": "versioned-update",
+        "readHistory": True,
+        "updateCreate": True,
+        "conditionalCreate": True,
+        "conditionalRead": "not-supported",
+        "conditionalUpdate": False,
+        "conditionalDelete": "not-supported",
+        "referencePolicy": ["literal", "logical", "local"],
+        "searchInclude": [f"{rtype}:{p.name}" for p in params if p.kind == "reference"],
+        "searchParam": [_search_param(p) for p in params],
+    }
+
+
+@fhir_view(("GET",))
 def metadata(request: HttpRequest) -> HttpResponse:
-    """The CapabilityStatement: exactly what this server supports (R4 4.0.1, JSON, read + search)."""
-    refused = _format_refused(request)
-    if refused:
-        return refused
-    resources = []
-    for rtype, params in SEARCH.items():
-        resources.append(
-            {
-                "type": rtype,
-                "interaction": [
-                    {"code": "read"},
-                    {"code": "search-type"},
-                    {"code": "create"},
-                    {"code": "update"},
-                ],
-                "conditionalCreate": True,
-                "updateCreate": True,
-                "versioning": "versioned",
-                "readHistory": False,
-                "searchInclude": list(INCLUDES.get(rtype, {})),
-                "searchParam": [_search_param(rtype, name) for name in params],
-            }
-        )
+    """The CapabilityStatement: exactly what this server does (R4 4.0.1, JSON and XML)."""
     body = {
         "resourceType": "CapabilityStatement",
         "status": "active",
@@ -139,106 +163,208 @@ def metadata(request: HttpRequest) -> HttpResponse:
         "publisher": "fhirai",
         "kind": "instance",
         "software": {"name": "fhirai", "version": VERSION},
-        "implementation": {"description": "fhirai FHIR facade", "url": f"{settings.FHIRAI_BASE_URL}/fhir"},
+        "implementation": {"description": "fhirai FHIR facade", "url": _base()},
         "fhirVersion": "4.0.1",
-        "format": ["json", "application/fhir+json"],
+        "format": ["json", "xml", "application/fhir+json", "application/fhir+xml"],
         "rest": [
             {
                 "mode": "server",
-                "resource": resources,
-                "interaction": [{"code": "transaction"}, {"code": "batch"}],
+                "documentation": "Paging with _count (at most FHIRAI_FHIR_PAGE_MAX) and next/previous "
+                "links; _sort by _lastUpdated only; unknown parameters are ignored unless "
+                "Prefer: handling=strict. No delete, patch or operations.",
+                "security": {
+                    "cors": False,
+                    "description": "No authentication at this endpoint yet: expose it only on the "
+                    "trusted network (FHIRAI_BIND_ADDRESS).",
+                },
+                "resource": [_capability_resource(t) for t in TYPES],
+                "interaction": [{"code": "transaction"}, {"code": "batch"}, {"code": "history-system"}],
             }
         ],
     }
     return _json(body)
 
 
-@fhir_get
+# --- read, vread ---------------------------------------------------------------------------------
+
+
+@fhir_view(("GET",))
 def read(request: HttpRequest, rtype: str, rid: str) -> HttpResponse:
     """GET /fhir/{type}/{id}."""
-    refused = _format_refused(request)
-    if refused:
-        return refused
-    if rtype not in SEARCH:
-        return outcome.outcome(outcome.NOT_SUPPORTED, f"resource type {rtype} is not supported here")
+    if rtype == "AuditEvent":
+        event = TimelineEvent.objects.filter(pk=int(rid) if rid.isdigit() else -1).first()
+        if event is None:
+            raise errors.NotFound(f"AuditEvent/{rid} is not known")
+        return _resource_response(audit_event(event), 1, event.at)
+    row = resource_read(rtype, rid)
+    return _resource_response(row.content, row.version_id, row.last_updated)
+
+
+@fhir_view(("GET",))
+def vread(request: HttpRequest, rtype: str, rid: str, vid: str) -> HttpResponse:
+    """GET /fhir/{type}/{id}/_history/{vid}."""
+    if rtype in READ_ONLY:
+        raise _refuse(outcome.NOT_SUPPORTED, f"{rtype} has no versions")
+    row = resource_vread(rtype, rid, vid)
+    return _resource_response(row.content, row.version_id, row.last_updated)
+
+
+# --- search --------------------------------------------------------------------------------------
+
+
+def _criterion(rtype: str, param: Param, modifier: str, raw: str, name: str) -> Any:
     try:
-        row = resource_read(rtype, rid)
-    except errors.NotFound as exc:
-        return outcome.outcome(outcome.NOT_FOUND, str(exc))
-    response = _json(row.content)
-    response["ETag"] = f'W/"{row.version_id}"'
-    response["Last-Modified"] = row.last_updated.strftime("%a, %d %b %Y %H:%M:%S GMT")
-    return response
+        if param.name == "_id":
+            return TokenParam("_id", None, raw)
+        if param.name == "_lastUpdated" or param.kind == "date":
+            return DateParam.parse(param.name, raw)
+        if param.kind == "reference":
+            if modifier == "identifier":
+                return TokenParam.parse(f"{param.name}:identifier", raw)
+            return TokenParam(param.name, None, reference_normalize(raw, modifier or param.target))
+        if param.kind == "string":
+            return StringParam(param.name, raw, contains=modifier == "contains")
+        return TokenParam.parse(param.name, raw)
+    except errors.InvalidInput as exc:
+        raise _refuse(outcome.INVALID, exc.detail, expression=name) from None
 
 
-@fhir_get
-def search(request: HttpRequest, rtype: str) -> HttpResponse:
-    """GET /fhir/{type}?...: a searchset Bundle, paged with _count and next links."""
-    refused = _format_refused(request)
-    if refused:
-        return refused
-    if rtype not in SEARCH:
-        return outcome.outcome(outcome.NOT_SUPPORTED, f"resource type {rtype} is not supported here")
-    strict = "handling=strict" in request.headers.get("Prefer", "")
+def _criteria(rtype: str, query: QueryDict, strict: bool) -> tuple[list[list[Any]], list[tuple[str, str]]]:
+    """The query's search parameters as store criteria, and the (name, value) pairs that were used."""
     criteria, used = [], []
-    for name in request.GET:
+    for name in query:
         if name in CONTROL:
             continue
-        index = SEARCH[rtype].get(name)
-        if index is None:
+        base, _, modifier = name.partition(":")
+        param = BY_NAME[rtype].get(base)
+        known_modifier = param is not None and (
+            modifier in MODIFIERS.get(param.kind, {""})
+            or (param.kind == "reference" and modifier[:1].isupper())
+        )
+        if param is None or not known_modifier:
             if strict:
-                return outcome.outcome(
-                    outcome.NOT_SUPPORTED,
-                    f"search parameter {name} is not supported for {rtype}",
-                    expression=name,
+                raise _refuse(
+                    outcome.NOT_SUPPORTED, f"search parameter {name} is not supported for {rtype}", name
                 )
             continue  # R4 3.1.1.5.3: unknown parameters are ignored unless handling=strict
-        for raw in request.GET.getlist(name):
-            try:
-                criteria.append([TokenParam.parse(index, v) for v in raw.split(",")])
-            except errors.InvalidInput as exc:
-                return outcome.outcome(outcome.INVALID, exc.detail, expression=name)
+        for raw in query.getlist(name):
+            if not raw:
+                raise _refuse(outcome.INVALID, f"search parameter {name} has no value", name)
+            criteria.append([_criterion(rtype, param, modifier, v, name) for v in raw.split(",")])
             used.append((name, raw))
+    return criteria, used
+
+
+def _paging(query: QueryDict) -> tuple[int, int]:
     try:
-        count = min(int(request.GET.get("_count", 20)), settings.FHIRAI_FHIR_PAGE_MAX)
-        offset = int(request.GET.get("_offset", 0))
+        count = min(int(query.get("_count", 20)), settings.FHIRAI_FHIR_PAGE_MAX)
+        offset = int(query.get("_offset", 0))
         if count < 0 or offset < 0:
             raise ValueError
     except ValueError:
-        return outcome.outcome(outcome.INVALID, "_count and _offset must be non-negative integers")
-    qs = _id_filter(resource_search(rtype, [c for c in criteria if c[0].param != "_id"]), criteria)
-    total = qs.count()
-    page = list(qs[offset : offset + count])
-    base = f"{settings.FHIRAI_BASE_URL}/fhir"
-    entries = [
-        {"fullUrl": f"{base}/{rtype}/{r.rid}", "resource": r.content, "search": {"mode": "match"}}
-        for r in page
-    ]
-    entries += _includes(rtype, page, request.GET.getlist("_include"), base)
-    links = [{"relation": "self", "url": _page_url(base, rtype, used, count, offset)}]
-    if offset + count < total:
-        links.append({"relation": "next", "url": _page_url(base, rtype, used, count, offset + count)})
-    bundle = {"resourceType": "Bundle", "type": "searchset", "total": total, "link": links, "entry": entries}
+        raise _refuse(outcome.INVALID, "_count and _offset must be non-negative integers") from None
+    return count, offset
+
+
+def _links(path: str, used: list[tuple[str, str]], count: int, offset: int, total: int) -> list[dict]:
+    def url(at: int) -> str:
+        return f"{_base()}/{path}?{urlencode([*used, ('_count', count), ('_offset', at)])}"
+
+    links = [{"relation": "self", "url": url(offset)}]
+    if count and offset + count < total:
+        links.append({"relation": "next", "url": url(offset + count)})
+    if offset > 0 and count:
+        links.append({"relation": "previous", "url": url(max(0, offset - count))})
+    return links
+
+
+@fhir_view(("GET",))
+def search(request: HttpRequest, rtype: str) -> HttpResponse:
+    """GET /fhir/{type}?...: a searchset Bundle, paged with _count and next links."""
+    query = request.GET
+    strict = "handling=strict" in request.headers.get("Prefer", "")
+    criteria, used = _criteria(rtype, query, strict)
+    count, offset = _paging(query)
+    for control in ("_sort", "_summary"):
+        if control in query:
+            used.append((control, query[control]))
+    if rtype == "AuditEvent":
+        rows, total, entries = _audit_page(criteria, count, offset)
+    else:
+        qs = resource_search(rtype, criteria)
+        sort = query.get("_sort", "-_lastUpdated")
+        if sort not in ("_lastUpdated", "-_lastUpdated"):
+            if strict:
+                raise _refuse(outcome.NOT_SUPPORTED, "_sort supports _lastUpdated only", "_sort")
+        elif sort == "_lastUpdated":
+            qs = qs.order_by("last_updated", "id")
+        total = qs.count()
+        if query.get("_summary") == "count":
+            page: list[FhirResource] = []
+        else:
+            page = list(qs[offset : offset + count])
+        entries = [
+            {"fullUrl": f"{_base()}/{rtype}/{r.rid}", "resource": r.content, "search": {"mode": "match"}}
+            for r in page
+        ]
+        includes = query.getlist("_include")
+        for include in includes:
+            used.append(("_include", include))
+        entries += _includes(rtype, page, includes, strict)
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "searchset",
+        "total": total,
+        "link": _links(rtype, used, count, offset, total),
+        "entry": entries,
+    }
     return _json(bundle)
 
 
-def _id_filter(qs: Any, criteria: list[list[TokenParam]]) -> Any:
+def _audit_page(criteria: list[list[Any]], count: int, offset: int) -> tuple[Any, int, list[dict]]:
+    ids = subtypes = outcomes = None
+    recorded = Q()
     for alternatives in criteria:
-        if alternatives[0].param == "_id":
-            qs = qs.filter(rid__in=[t.value for t in alternatives])
-    return qs
+        first = alternatives[0]
+        if isinstance(first, DateParam):
+            either = Q(pk__in=[])
+            for c in alternatives:
+                either |= c.instant_q("at")
+            recorded &= Q(either)
+        elif first.param == "_id":
+            ids = [c.value for c in alternatives]
+        elif first.param == "subtype":
+            subtypes = [c.value for c in alternatives]
+        elif first.param == "outcome":
+            outcomes = [c.value for c in alternatives]
+    qs = audit_search(ids=ids, subtypes=subtypes, outcomes=outcomes, recorded=recorded)
+    total = qs.count()
+    page = list(qs[offset : offset + count])
+    entries = [
+        {"fullUrl": f"{_base()}/AuditEvent/{e.pk}", "resource": audit_event(e), "search": {"mode": "match"}}
+        for e in page
+    ]
+    return page, total, entries
 
 
-def _includes(rtype: str, page: list[FhirResource], wanted: list[str], base: str) -> list[dict[str, Any]]:
+def _includes(rtype: str, page: list[FhirResource], wanted: list[str], strict: bool) -> list[dict[str, Any]]:
+    """_include=Type:param for the type's reference parameters (the referenced resources once)."""
     entries, seen = [], set()
     for include in wanted:
-        element = INCLUDES.get(rtype, {}).get(include)
-        if element is None:
+        source, _, name = include.partition(":")
+        param = BY_NAME.get(rtype, {}).get(name.split(":")[0])
+        if source != rtype or param is None or param.kind != "reference":
+            if strict:
+                raise _refuse(outcome.NOT_SUPPORTED, f"_include={include} is not supported", "_include")
             continue
         for row in page:
-            for ref in row.content.get(element, []):
-                target = ref.get("reference", "")
-                if "/" not in target or target in seen:
+            for ref in values(row.content, param):
+                target = (
+                    reference_normalize(ref.get("reference", ""), param.target)
+                    if isinstance(ref, dict)
+                    else ""
+                )
+                if target.count("/") != 1 or target in seen:
                     continue
                 seen.add(target)
                 try:
@@ -246,40 +372,103 @@ def _includes(rtype: str, page: list[FhirResource], wanted: list[str], base: str
                 except errors.NotFound:
                     continue
                 entries.append(
-                    {"fullUrl": f"{base}/{target}", "resource": inc.content, "search": {"mode": "include"}}
+                    {"fullUrl": f"{_base()}/{target}", "resource": inc.content, "search": {"mode": "include"}}
                 )
     return entries
 
 
-def _page_url(base: str, rtype: str, used: list[tuple[str, str]], count: int, offset: int) -> str:
-    return f"{base}/{rtype}?{urlencode([*used, ('_count', count), ('_offset', offset)])}"
+# --- history -------------------------------------------------------------------------------------
+
+
+@fhir_view(("GET",))
+def history(request: HttpRequest, rtype: str | None = None, rid: str | None = None) -> HttpResponse:
+    """GET [base]/_history, /{type}/_history, /{type}/{id}/_history: a history Bundle, newest first."""
+    if rtype in READ_ONLY:
+        raise _refuse(outcome.NOT_SUPPORTED, f"{rtype} has no history")
+    query = request.GET
+    since = None
+    used: list[tuple[str, str]] = []
+    if query.get("_since"):
+        try:
+            since = DateParam.parse("_since", query["_since"]).low
+        except errors.InvalidInput as exc:
+            raise _refuse(outcome.INVALID, exc.detail, "_since") from None
+        used.append(("_since", query["_since"]))
+    count, offset = _paging(query)
+    qs = resource_history(rtype, rid, since=since)
+    total = qs.count()
+    entries = [_history_entry(v) for v in qs[offset : offset + count]]
+    path = "/".join(p for p in (rtype, rid, "_history") if p)
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "history",
+        "total": total,
+        "link": _links(path, used, count, offset, total),
+        "entry": entries,
+    }
+    return _json(bundle)
+
+
+def _history_entry(version: FhirVersion) -> dict[str, Any]:
+    rtype, rid = version.resource.resource_type, version.resource.rid
+    created = version.method == "POST"
+    return {
+        "fullUrl": f"{_base()}/{rtype}/{rid}",
+        "resource": version.content,
+        "request": {"method": version.method, "url": rtype if created else f"{rtype}/{rid}"},
+        "response": {
+            "status": "201 Created" if created or version.version_id == 1 else "200 OK",
+            "etag": f'W/"{version.version_id}"',
+            "lastModified": version.last_updated.isoformat(),
+        },
+    }
+
+
+# --- endpoints -----------------------------------------------------------------------------------
 
 
 @csrf_exempt
 def type_endpoint(request: HttpRequest, rtype: str) -> HttpResponse:
-    """/fhir/{type}: GET search, POST create."""
+    """/fhir/{type}: GET search, POST create (or POST _search with a form body)."""
+    if request.method == "POST" and rtype in PARAMS:
+        return _write(write.create, request, rtype)
+    return search(request, rtype=rtype)
+
+
+@csrf_exempt
+def search_post(request: HttpRequest, rtype: str) -> HttpResponse:
+    """POST /fhir/{type}/_search with application/x-www-form-urlencoded parameters (R4 3.1.1.2)."""
     if request.method == "POST":
-        if rtype not in SEARCH:
-            return outcome.outcome(outcome.NOT_SUPPORTED, f"resource type {rtype} is not supported here")
-        return write.create(request, rtype)
-    return search(request, rtype)
+        merged = request.GET.copy()
+        for name, items in QueryDict(request.body).lists():
+            merged.setlist(name, merged.getlist(name) + items)
+        request.GET = merged  # type: ignore[assignment]
+        request.method = "GET"
+    return search(request, rtype=rtype)
 
 
 @csrf_exempt
 def instance_endpoint(request: HttpRequest, rtype: str, rid: str) -> HttpResponse:
     """/fhir/{type}/{id}: GET read, PUT update."""
-    if request.method == "PUT":
-        if rtype not in SEARCH:
-            return outcome.outcome(outcome.NOT_SUPPORTED, f"resource type {rtype} is not supported here")
-        return write.update(request, rtype, rid)
-    return read(request, rtype, rid)
+    if request.method == "PUT" and rtype in PARAMS:
+        return _write(write.update, request, rtype, rid)
+    return read(request, rtype=rtype, rid=rid)
 
 
 @csrf_exempt
 def base_endpoint(request: HttpRequest) -> HttpResponse:
     """/fhir/: POST a transaction or batch Bundle."""
     if request.method != "POST":
-        response = outcome.outcome(outcome.METHOD_NOT_ALLOWED, "POST a transaction or batch Bundle here")
-        response["Allow"] = "POST"
-        return response
-    return write.bundle(request)
+        return _not_allowed(request, "POST a transaction or batch Bundle here")
+    return _write(write.bundle, request)
+
+
+@negotiated
+def _not_allowed(request: HttpRequest, message: str) -> HttpResponse:
+    response = outcome.outcome(outcome.METHOD_NOT_ALLOWED, message)
+    response["Allow"] = "POST"
+    return response
+
+
+def _write(view: Callable[..., HttpResponse], request: HttpRequest, *args: Any) -> HttpResponse:
+    return negotiated(view)(request, *args)

@@ -1,7 +1,7 @@
 """FHIR writes: create (POST, If-None-Exist), update (PUT, If-Match, update-as-create) and
 transaction/batch Bundles at the base. Each error is an OperationOutcome: 400 for a body that is
 not a conformant resource (one issue per problem, with its FHIRPath location), 412 for a
-conditional that fails, 415 for a non-JSON body, 503 when storage is unavailable."""
+conditional that fails, 415 for a body that is neither FHIR JSON nor FHIR XML, 503 when storage is unavailable."""
 
 from __future__ import annotations
 
@@ -14,27 +14,22 @@ from django.db import DatabaseError
 from django.http import HttpRequest, HttpResponse
 
 from fhirai import errors
-from fhirai.ingest.fhir import EntryError, bundle_process, conditions
+from fhirai.ingest.fhir import EntryError, bundle_process, conditions, fhir_create, fhir_update
 from fhirai.results.models import FhirResource
-from fhirai.results.store import ResourceInvalid, VersionConflict, resource_create, resource_update
+from fhirai.results.store import ResourceInvalid, VersionConflict
 from integrations.fhir import outcome
+from integrations.fhir.formats import body_read
 from integrations.fhir.outcome import FHIR_JSON
 
-JSON_TYPES = ("application/fhir+json", "application/json", "application/json+fhir")
 PRECONDITION_FAILED = ("conflict", 412)
 UNSUPPORTED_MEDIA = ("not-supported", 415)
 
 
 def _body(request: HttpRequest) -> Any:
-    content_type = request.headers.get("Content-Type", "").split(";")[0].strip().lower()
-    if content_type not in JSON_TYPES:
-        raise _Refusal(
-            outcome.outcome(UNSUPPORTED_MEDIA, "send application/fhir+json (XML is not supported yet)")
-        )
     try:
-        return json.loads(request.body)
-    except (ValueError, UnicodeDecodeError):
-        raise _Refusal(outcome.outcome(outcome.INVALID, "the body is not valid JSON")) from None
+        return body_read(request)
+    except ValueError as exc:
+        raise _Refusal(outcome.outcome(UNSUPPORTED_MEDIA, str(exc))) from None
 
 
 class _Refusal(Exception):
@@ -99,9 +94,7 @@ def create(request: HttpRequest, rtype: str) -> HttpResponse:
         body = _body(request)
         if isinstance(body, dict) and body.get("resourceType") != rtype:
             raise ResourceInvalid([("resourceType", f"the body must be a {rtype}")])
-        row, created = resource_create(
-            body, if_none_exist=conditions(request.headers.get("If-None-Exist", ""))
-        )
+        row, created = fhir_create(body, if_none_exist=conditions(request.headers.get("If-None-Exist", "")))
         return _written(row, created, request)
 
     return _guarded(work)
@@ -115,7 +108,7 @@ def update(request: HttpRequest, rtype: str, rid: str) -> HttpResponse:
         match = re.fullmatch(r'(?:W/)?"(\d+)"', request.headers.get("If-Match", "").strip())
         if request.headers.get("If-Match") and not match:
             raise _Refusal(outcome.outcome(outcome.INVALID, 'If-Match must be W/"<versionId>"'))
-        row, created = resource_update(rtype, rid, body, if_match=int(match.group(1)) if match else None)
+        row, created = fhir_update(rtype, rid, body, if_match=int(match.group(1)) if match else None)
         return _written(row, created, request)
 
     return _guarded(work)

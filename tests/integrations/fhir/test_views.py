@@ -71,8 +71,9 @@ def test_paging_gives_next_links(client, reported):
     assert second["entry"][0]["resource"]["id"] != bundle["entry"][0]["resource"]["id"]
 
 
-def test_xml_is_refused_with_406_and_delete_with_405(client):
-    assert client.get("/fhir/metadata", {"_format": "xml"}).status_code == 406
+def test_unknown_format_is_406_and_delete_is_405(client):
+    assert client.get("/fhir/metadata", {"_format": "text/turtle"}).status_code == 406
+    assert client.get("/fhir/metadata", HTTP_ACCEPT="text/turtle").status_code == 406
     response = client.delete("/fhir/DiagnosticReport/x")
     assert response.status_code == 405 and response.json()["resourceType"] == "OperationOutcome"
 

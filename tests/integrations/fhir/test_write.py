@@ -46,7 +46,7 @@ def test_invalid_resource_is_a_400_outcome_with_the_location_and_without_the_val
     assert body["issue"][0]["expression"] == ["Patient.birthDate"]
     assert "not-a-date" not in response.content.decode()
     assert post(client, "/fhir/Patient", {"resourceType": "Observation"}).status_code == 400
-    wrong_type = client.post("/fhir/Patient", data="<Patient/>", content_type="application/fhir+xml")
+    wrong_type = client.post("/fhir/Patient", data="Patient", content_type="text/plain")
     assert wrong_type.status_code == 415
 
 
