@@ -239,6 +239,7 @@ FHIRAI_DEID_UID_ROOT = env_str("FHIRAI_DEID_UID_ROOT", "2.25")
 # --- FHIR ----------------------------------------------------------------------------------------
 FHIRAI_BASE_URL = env_str("FHIRAI_BASE_URL", f"http://127.0.0.1:{FHIRAI_HTTP_PORT}").rstrip("/")
 FHIRAI_IDENTIFIER_SYSTEM = env_str("FHIRAI_IDENTIFIER_SYSTEM", "urn:fhirai")
+FHIRAI_ORGANIZATION_NAME = env_str("FHIRAI_ORGANIZATION_NAME", "fhirai")
 FHIRAI_PATIENT_ID_SYSTEM = env_str("FHIRAI_PATIENT_ID_SYSTEM", "urn:fhirai:dicom-patient-id")
 # HL7 assigning authority (PID-3.4) -> FHIR identifier system, so an MRN from ADT and the same MRN
 # from a FHIR Patient name one patient: "HOSP=urn:oid:1.2.840.1,CLINIC=http://clinic.example/mrn".

@@ -5,6 +5,8 @@ R4 and R4B agree on every element used here), stored, and queued for write-back.
 
 from __future__ import annotations
 
+import base64
+import html
 from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -64,9 +66,17 @@ def report_from_job(job: Any) -> FhirResource:
         "id": report_id(study_uid, model),
         "identifier": [{"system": system("report"), "value": report_value}],
         "status": "final" if study.revision == 1 else "amended",
-        "category": [{"coding": [{"system": V2_0074, "code": "RAD", "display": "Radiology"}]}],
+        "category": [
+            {
+                "coding": [
+                    {"system": "http://loinc.org", "code": "LP29684-5", "display": "Radiology"},
+                    {"system": V2_0074, "code": "RAD", "display": "Radiology"},
+                ]
+            }
+        ],
         "code": model.report_code or {"text": model.title},
         "subject": subject,
+        "performer": [{"type": "Organization", "display": settings.FHIRAI_ORGANIZATION_NAME}],
         **({"basedOn": [order_reference(order)]} if order else {}),
         "effectiveDateTime": effective.isoformat(),
         "issued": now.isoformat(),
@@ -76,6 +86,25 @@ def report_from_job(job: Any) -> FhirResource:
         ],
         "conclusion": str(job.result.get("conclusion", ""))[:4000] or f"{model.title}: see results.",
     }
+    lines = [report["conclusion"], ""] + [
+        f"{o['code']['text']}: {o['valueQuantity']['value']} {o['valueQuantity']['unit']}" for o in observations
+    ]
+    lines.append(f"\nProduced by {model.title} {model.version} (software, not a clinician).")
+    report["text"] = {
+        "status": "generated",
+        "div": '<div xmlns="http://www.w3.org/1999/xhtml">'
+        + "".join(f"<p>{html.escape(line)}</p>" for line in lines if line.strip())
+        + "</div>",
+    }
+    report["presentedForm"] = [
+        {
+            "contentType": "text/plain; charset=utf-8",
+            "language": "en",
+            "data": base64.b64encode("\n".join(lines).encode()).decode(),
+            "title": f"{model.title} report",
+            "creation": now.isoformat(),
+        }
+    ]
     provenance = {
         "resourceType": "Provenance",
         "id": stable_id("Provenance", report_key, str(study.revision)),

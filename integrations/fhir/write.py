@@ -43,7 +43,9 @@ def _guarded(work: Any) -> HttpResponse:
     except _Refusal as refusal:
         return refusal.response
     except EntryError as exc:
-        return _invalid(exc.cause, prefix=f"Bundle.entry[{exc.index}].resource.")
+        return _invalid(
+            exc.cause, prefix=f"Bundle.entry[{exc.index}].resource.", entry=f"Bundle.entry[{exc.index}]"
+        )
     except VersionConflict as exc:
         return outcome.outcome(PRECONDITION_FAILED, exc.detail)
     except errors.InvalidInput as exc:
@@ -54,7 +56,7 @@ def _guarded(work: Any) -> HttpResponse:
         return outcome.outcome(outcome.TRANSIENT, "storage is unavailable; retry later")
 
 
-def _invalid(exc: Any, prefix: str = "") -> HttpResponse:
+def _invalid(exc: Any, prefix: str = "", entry: str | None = None) -> HttpResponse:
     if isinstance(exc, VersionConflict):
         return outcome.outcome(PRECONDITION_FAILED, exc.detail)
     if isinstance(exc, ResourceInvalid):
@@ -71,7 +73,8 @@ def _invalid(exc: Any, prefix: str = "") -> HttpResponse:
         return HttpResponse(json.dumps(body), status=400, content_type=FHIR_JSON)
     if isinstance(exc, errors.NotFound):
         return outcome.outcome(outcome.NOT_FOUND, str(exc))
-    return outcome.outcome(outcome.INVALID, getattr(exc, "detail", str(exc)))
+    kind = outcome.NOT_SUPPORTED if getattr(exc, "code", "") == "not-supported" else outcome.INVALID
+    return outcome.outcome(kind, getattr(exc, "detail", str(exc)), expression=entry)
 
 
 def _written(row: FhirResource, created: bool, request: HttpRequest) -> HttpResponse:
