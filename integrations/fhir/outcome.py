@@ -13,6 +13,7 @@ FHIR_JSON = "application/fhir+json; charset=utf-8"
 NOT_FOUND = ("not-found", 404)
 INVALID = ("invalid", 400)
 NOT_SUPPORTED = ("not-supported", 400)
+UNKNOWN_TYPE = ("not-supported", 404)  # R4 http.html: 404 for a resource type not supported
 NOT_ACCEPTABLE = ("not-supported", 406)
 METHOD_NOT_ALLOWED = ("not-supported", 405)
 TRANSIENT = ("transient", 503)

@@ -63,16 +63,13 @@ def fhir_view(
         def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
             rtype = kwargs.get("rtype")
             if rtype is not None and rtype not in TYPES:
-                return outcome.outcome(outcome.NOT_SUPPORTED, f"resource type {rtype} is not supported here")
+                return outcome.outcome(outcome.UNKNOWN_TYPE, f"resource type {rtype} is not supported here")
             if request.method not in methods and not (request.method == "HEAD" and "GET" in methods):
                 response = outcome.outcome(
                     outcome.METHOD_NOT_ALLOWED, f"{request.method} is not supported here"
                 )
                 response["Allow"] = ", ".join(methods)
                 return response
-            rtype = kwargs.get("rtype")
-            if rtype is not None and rtype not in TYPES:
-                return outcome.outcome(outcome.NOT_SUPPORTED, f"resource type {rtype} is not supported here")
             try:
                 return view(request, *args, **kwargs)
             except _Refused as refused:

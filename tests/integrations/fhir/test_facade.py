@@ -292,3 +292,14 @@ def assert_us_core_report_and_note(report: dict) -> None:
     assert form["contentType"].startswith("text/plain")
     assert report["conclusion"] in base64.b64decode(form["data"]).decode()
     assert system("report") in {i["system"] for i in report["identifier"]}
+
+
+def test_unknown_type_is_404_and_post_search_reads_the_form(client):
+    response = get(client, "/fhir/Medication")
+    assert response.status_code == 404 and response.json()["issue"][0]["code"] == "not-supported"
+    assert post(client, "/fhir/Medication", {"resourceType": "Medication"}).status_code == 404
+    post(client, "/fhir/Patient", patient("F1", "Formsearch"))
+    found = client.post(
+        "/fhir/Patient/_search", data="family=formsearch", content_type="application/x-www-form-urlencoded"
+    )
+    assert found.status_code == 200 and found.json()["total"] == 1
