@@ -187,6 +187,7 @@ LOGIN_URL = "/admin/login/"
 FHIRAI_BIND_ADDRESS = env_str("FHIRAI_BIND_ADDRESS", "127.0.0.1")
 FHIRAI_HTTP_PORT = env_int("FHIRAI_HTTP_PORT", 8000, minimum=1)
 FHIRAI_HTTP_THREADS = env_int("FHIRAI_HTTP_THREADS", 8, minimum=1)
+FHIRAI_HTTP_PROCESSES = env_int("FHIRAI_HTTP_PROCESSES", 2, minimum=1)
 FHIRAI_DICOM_AE = env_str("FHIRAI_DICOM_AE", "FHIRAI")
 if not (0 < len(FHIRAI_DICOM_AE) <= 16):
     raise ImproperlyConfigured("FHIRAI_DICOM_AE must be 1 to 16 characters (PS3.5 AE VR)")

@@ -156,7 +156,7 @@ def _apply(
     if method == "POST":
         if existing is not None:
             return _response(existing, False)
-        row, created = fhir_create(resource or {}, rid=rid)
+        row, created = fhir_create(resource or {}, rid=rid, fresh=True)
         return _response(row, created)
     row, created = fhir_update(rtype, rid, {**(resource or {}), "id": rid})
     return _response(row, created)
@@ -191,11 +191,16 @@ def resource_receive(content: Any, *, source: str = "") -> FhirResource:
 
 
 def fhir_create(
-    content: dict[str, Any], *, if_none_exist: list[list[Any]] | None = None, rid: str | None = None
+    content: dict[str, Any],
+    *,
+    if_none_exist: list[list[Any]] | None = None,
+    rid: str | None = None,
+    fresh: bool = False,
 ) -> tuple[FhirResource, bool]:
-    """Create (R4 create / conditional create) and apply the resource's context."""
+    """Create (R4 create / conditional create) and apply the resource's context. The one savepoint
+    of the write (the store below adds none): a refusal inside leaves an outer transaction usable."""
     with transaction.atomic():
-        row, created = resource_create(content, if_none_exist=if_none_exist, rid=rid)
+        row, created = resource_create(content, if_none_exist=if_none_exist, rid=rid, fresh=fresh)
         if created:
             context_apply(row)
     return row, created

@@ -87,7 +87,8 @@ def report_from_job(job: Any) -> FhirResource:
         "conclusion": str(job.result.get("conclusion", ""))[:4000] or f"{model.title}: see results.",
     }
     lines = [report["conclusion"], ""] + [
-        f"{o['code']['text']}: {o['valueQuantity']['value']} {o['valueQuantity']['unit']}" for o in observations
+        f"{o['code']['text']}: {o['valueQuantity']['value']} {o['valueQuantity']['unit']}"
+        for o in observations
     ]
     lines.append(f"\nProduced by {model.title} {model.version} (software, not a clinician).")
     report["text"] = {

@@ -295,11 +295,13 @@ def search(request: HttpRequest, rtype: str) -> HttpResponse:
                 raise _refuse(outcome.NOT_SUPPORTED, "_sort supports _lastUpdated only", "_sort")
         elif sort == "_lastUpdated":
             qs = qs.order_by("last_updated", "id")
-        total = qs.count()
         if query.get("_summary") == "count":
             page: list[FhirResource] = []
+            total = qs.count()
         else:
             page = list(qs[offset : offset + count])
+            # A first page that is not full is the whole result: no COUNT query needed.
+            total = len(page) if offset == 0 and len(page) < count else qs.count()
         entries = [
             {"fullUrl": f"{_base()}/{rtype}/{r.rid}", "resource": r.content, "search": {"mode": "match"}}
             for r in page

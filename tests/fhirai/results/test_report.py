@@ -24,7 +24,7 @@ def test_report_carries_the_models_values_for_the_original_patient_and_study(pha
         report["imagingStudy"][0]["identifier"]["value"]
         == f"urn:oid:{phantom.identifiers['StudyInstanceUID']}"
     )
-    assert report["category"][0]["coding"][0]["code"] == "RAD"
+    assert {c["code"] for c in report["category"][0]["coding"]} == {"RAD", "LP29684-5"}
     assert report["effectiveDateTime"].startswith("2026-03-15T08:30:00")
     values = {}
     for ref in report["result"]:

@@ -1,8 +1,13 @@
-"""`python manage.py http`: the web server (admin UI, API, FHIR) on FHIRAI_HTTP_PORT with waitress.
-Production may use any WSGI/ASGI server on fhirai.wsgi / fhirai.asgi instead."""
+"""`python manage.py http`: the web server (console, API, FHIR) on FHIRAI_HTTP_PORT with waitress,
+in FHIRAI_HTTP_PROCESSES processes. Production may use any WSGI/ASGI server on fhirai.wsgi /
+fhirai.asgi instead."""
 
 from __future__ import annotations
 
+import os
+import signal
+import socket
+import sys
 from typing import Any
 
 from django.conf import settings
@@ -16,11 +21,73 @@ class Command(BaseCommand):
     help = "Serve HTTP on FHIRAI_BIND_ADDRESS:FHIRAI_HTTP_PORT until SIGTERM/SIGINT."
 
     def handle(self, *args: Any, **options: Any) -> None:
-        serve(
-            application,
-            host=settings.FHIRAI_BIND_ADDRESS,
-            port=settings.FHIRAI_HTTP_PORT,
-            threads=settings.FHIRAI_HTTP_THREADS,
-            ident="fhirai",
-            clear_untrusted_proxy_headers=True,
-        )
+        if settings.FHIRAI_HTTP_PROCESSES == 1:
+            http_serve()
+            return
+        servers_run(settings.FHIRAI_HTTP_PROCESSES)
+
+
+def http_serve() -> None:
+    serve(
+        application,
+        sockets=[listening_socket()],
+        threads=settings.FHIRAI_HTTP_THREADS,
+        ident="fhirai",
+        clear_untrusted_proxy_headers=True,
+    )
+
+
+def servers_run(count: int) -> None:
+    """Fork `count` servers (before any database connection exists) and wait: SIGTERM/SIGINT stop
+    them all; one that dies stops the rest and this exits non-zero, so `run` restarts the tier."""
+    pids: list[int] = []
+    for _ in range(count):
+        pid = os.fork()
+        if pid == 0:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides; SIGTERM ends a child
+            code = 0
+            try:
+                http_serve()
+            except BaseException:  # noqa: BLE001 - the child must never return into the parent's code
+                code = 1
+            os._exit(code)
+        pids.append(pid)
+    stopping = False
+
+    def stop(signum: int, frame: Any) -> None:
+        nonlocal stopping
+        stopping = True
+        for child in pids:
+            try:
+                os.kill(child, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    failed = False
+    while pids:
+        try:
+            pid, _ = os.wait()
+        except ChildProcessError:
+            break
+        except InterruptedError:
+            continue
+        pids.remove(pid)
+        if not stopping:
+            failed = True
+            stop(signal.SIGTERM, None)
+    sys.exit(1 if failed else 0)
+
+
+def listening_socket() -> socket.socket:
+    """The HTTP port, bound with SO_REUSEPORT so that the servers each have their own socket and the
+    kernel spreads connections over them (one Python process is one core: its GIL is the limit)."""
+    family = socket.AF_INET6 if ":" in settings.FHIRAI_BIND_ADDRESS else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if settings.FHIRAI_HTTP_PROCESSES > 1:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((settings.FHIRAI_BIND_ADDRESS, settings.FHIRAI_HTTP_PORT))
+    sock.listen(1024)
+    return sock
