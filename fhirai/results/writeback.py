@@ -9,10 +9,12 @@ tag), so a retry after a lost response creates nothing twice. The domain defines
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Protocol
+from urllib.parse import quote
 
 from django.conf import settings
 from django.db import transaction
@@ -95,11 +97,30 @@ def deliveries_create(report: FhirResource, study: Study) -> int:
 def _send(destination: str, report: FhirResource) -> Outcome:
     if destination == FHIR_UPSTREAM:
         reply = upstream().transaction(report_bundle(report))
-        return Outcome(200 <= reply.status < 300, reply.status, reply.body, f"HTTP {reply.status}")
+        return Outcome(200 <= reply.status < 300, reply.status, reply.body, reply_summary(reply))
     if destination.startswith(MLLP_PREFIX):
         sender: ResultSender = import_string(settings.FHIRAI_HL7_SENDER)
         return sender(destination[len(MLLP_PREFIX) :], report_package(report))
     raise Unavailable(f"destination {destination} is no longer configured")
+
+
+def reply_summary(reply: UpstreamReply) -> str:
+    """One line for the timeline: the HTTP status and, for an OperationOutcome, each issue's code
+    and location (its diagnostics stay in the delivery record: a server may echo patient data)."""
+    summary = f"HTTP {reply.status}"
+    try:
+        body = json.loads(reply.body)
+    except ValueError:
+        return summary
+    if not isinstance(body, dict) or body.get("resourceType") != "OperationOutcome":
+        return summary
+    issues = [
+        f"{i.get('code', '?')}"
+        + (f" at {', '.join(map(str, i['expression']))[:120]}" if i.get("expression") else "")
+        for i in body.get("issue", [])[:3]
+        if isinstance(i, dict)
+    ]
+    return f"{summary}: {'; '.join(issues)}" if issues else summary
 
 
 def backoff(attempts: int) -> float:
@@ -201,8 +222,10 @@ def delivery_redispatch(delivery_id: int) -> None:
 
 
 def report_bundle(report: FhirResource) -> dict[str, Any]:
-    """The transaction Bundle for one stored report: Device, Observations, DiagnosticReport and
-    Provenance as conditional creates, cross-referenced by urn:uuid. ImagingStudy and Patient stay
+    """The transaction Bundle for one stored report version: Device, Observations and the
+    DiagnosticReport as conditional updates on their identifiers (created the first time, updated
+    when a study revision amends them, never duplicated by a retry), and this version's Provenance
+    as a conditional create on its tag; cross-referenced by urn:uuid. ImagingStudy and Patient stay
     logical references by identifier: the upstream owns those records."""
     content = report.content
     observations = [
@@ -210,11 +233,11 @@ def report_bundle(report: FhirResource) -> dict[str, Any]:
         for r in content.get("result", [])
     ]
     devices = {o["device"]["reference"] for o in observations if "device" in o}
-    provenance = [
+    provenance = [  # one per revision, each a conditional create: earlier ones are no-ops
         p.content
         for p in FhirResource.objects.filter(
             resource_type="Provenance", tokens__param="target", tokens__value=f"DiagnosticReport/{report.rid}"
-        )
+        ).order_by("id")
     ]
     resources = [resource_read("Device", d.split("/", 1)[1]).content for d in sorted(devices)]
     resources += observations + [content] + provenance
@@ -224,26 +247,18 @@ def report_bundle(report: FhirResource) -> dict[str, Any]:
         body = _rewrite_refs({k: v for k, v in resource.items() if k not in ("id", "meta")}, local)
         if resource.get("meta", {}).get("tag"):
             body["meta"] = {"tag": resource["meta"]["tag"]}
-        entries.append(
-            {
-                "fullUrl": f"urn:uuid:{resource['id']}",
-                "resource": body,
-                "request": {
-                    "method": "POST",
-                    "url": resource["resourceType"],
-                    "ifNoneExist": _if_none_exist(resource),
-                },
+        rtype = resource["resourceType"]
+        if resource.get("identifier"):
+            ident = resource["identifier"][0]
+            request = {
+                "method": "PUT",
+                "url": f"{rtype}?identifier={quote(ident['system'], safe=':/')}|{quote(ident['value'])}",
             }
-        )
+        else:
+            mark = resource["meta"]["tag"][0]
+            request = {"method": "POST", "url": rtype, "ifNoneExist": f"_tag={mark['system']}|{mark['code']}"}
+        entries.append({"fullUrl": f"urn:uuid:{resource['id']}", "resource": body, "request": request})
     return {"resourceType": "Bundle", "type": "transaction", "entry": entries}
-
-
-def _if_none_exist(resource: dict[str, Any]) -> str:
-    if resource.get("identifier"):
-        ident = resource["identifier"][0]
-        return f"identifier={ident['system']}|{ident['value']}"
-    tag = resource["meta"]["tag"][0]
-    return f"_tag={tag['system']}|{tag['code']}"
 
 
 def _rewrite_refs(node: Any, local: dict[str, str]) -> Any:

@@ -3,8 +3,8 @@
 Why not a real one: the FHIR servers a hospital runs (HAPI FHIR, Medplum, Smile) need downloads
 from outside the package registries this machine reaches. This one implements exactly what
 fhirai's writer relies on, by the R4 spec: POST of a transaction Bundle at the base, processed
-atomically, with `ifNoneExist` conditional creates on `identifier=system|value` and
-`_tag=system|code` (R4 3.1.0.8.1), urn:uuid fullUrls resolved in references, and a
+atomically, with conditional updates (`PUT Type?identifier=system|value`, R4 3.1.0.4.3) and
+`ifNoneExist` conditional creates on `identifier=system|value` and `_tag=system|code` (R4 3.1.0.8.1), urn:uuid fullUrls resolved in references, and a
 transaction-response Bundle; plus GET search by identifier. It can be told to fail (503) or to
 refuse (422) so retries and visible failures can be tested."""
 
@@ -15,7 +15,7 @@ import threading
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qs, urlparse
+from urllib.parse import parse_qs, unquote, urlparse
 
 
 class UpstreamState:
@@ -23,6 +23,7 @@ class UpstreamState:
         self.resources: dict[str, dict[str, dict[str, Any]]] = {}
         self.fail_with: int | None = None
         self.requests = 0
+        self.writes = 0  # resources created or updated
         self.auth_headers: list[str] = []
         self.lock = threading.Lock()
 
@@ -117,18 +118,34 @@ def _handler(state: UpstreamState) -> type[BaseHTTPRequestHandler]:
                 for entry in bundle["entry"]:
                     req, res = entry["request"], entry["resource"]
                     rtype = res["resourceType"]
-                    existing = state.find(rtype, req["ifNoneExist"]) if req.get("ifNoneExist") else []
-                    if existing:
-                        rid, status = existing[0]["id"], "200 OK"
+                    if req["method"] == "PUT" and "?" in req["url"]:  # conditional update (R4 3.1.0.4.3)
+                        existing = state.find(rtype, unquote(req["url"].split("?", 1)[1]))
+                        if len(existing) > 1:
+                            self._send(412, {"resourceType": "OperationOutcome", "issue": []})
+                            return
+                        rid = existing[0]["id"] if existing else uuid.uuid4().hex
+                        version = (
+                            int(existing[0].get("meta", {}).get("versionId", "1")) + 1 if existing else 1
+                        )
+                        status = "200 OK" if existing else "201 Created"
+                        staged.append(
+                            (rtype, rid, {**res, "meta": {**res.get("meta", {}), "versionId": str(version)}})
+                        )
                     else:
-                        rid, status = uuid.uuid4().hex, "201 Created"
-                        staged.append((rtype, rid, res))
+                        existing = state.find(rtype, req["ifNoneExist"]) if req.get("ifNoneExist") else []
+                        version = 1
+                        if existing:
+                            rid, status = existing[0]["id"], "200 OK"
+                        else:
+                            rid, status = uuid.uuid4().hex, "201 Created"
+                            staged.append((rtype, rid, res))
                     ids[entry["fullUrl"]] = f"{rtype}/{rid}"
                     responses.append(
-                        {"response": {"status": status, "location": f"{rtype}/{rid}/_history/1"}}
+                        {"response": {"status": status, "location": f"{rtype}/{rid}/_history/{version}"}}
                     )
                 for rtype, rid, res in staged:  # commit all at once: transactions are atomic
                     state.resources.setdefault(rtype, {})[rid] = {**_resolve(res, ids), "id": rid}
+                    state.writes += 1
             self._send(200, {"resourceType": "Bundle", "type": "transaction-response", "entry": responses})
 
         def do_GET(self) -> None:  # noqa: N802

@@ -6,7 +6,8 @@ from django.utils import timezone
 from fhirai.audit.models import TimelineEvent
 from fhirai.ingest.models import Study, StudyState
 from fhirai.results.models import Delivery, DeliveryState
-from fhirai.results.writeback import delivery_attempt, report_bundle
+from fhirai.results.store import resource_put
+from fhirai.results.writeback import deliveries_create, delivery_attempt, report_bundle
 from tests.support import pipeline
 from tests.support.fhir_upstream import FhirUpstream
 
@@ -91,10 +92,41 @@ def test_upstream_refusal_is_a_visible_failure(phantom, settings, blob_dir, upst
     assert study.state == StudyState.FAILED and "HTTP 422" in study.error
 
 
-def test_bundle_uses_conditional_creates(phantom, settings, blob_dir, upstream):
+def test_bundle_uses_conditional_updates_and_creates(phantom, settings, blob_dir, upstream):
     delivery = _reported(phantom, settings)
     bundle = report_bundle(delivery.report)
     assert bundle["type"] == "transaction"
-    conditions = [e["request"]["ifNoneExist"] for e in bundle["entry"]]
-    assert all(conditions) and any(c.startswith("_tag=") for c in conditions)
+    requests = [e["request"] for e in bundle["entry"]]
+    updates = [r for r in requests if r["method"] == "PUT"]
+    assert {r["url"].split("?")[0] for r in updates} == {"Device", "Observation", "DiagnosticReport"}
+    assert all("?identifier=" in r["url"] for r in updates)
+    [create] = [r for r in requests if r["method"] == "POST"]
+    assert create["url"] == "Provenance" and create["ifNoneExist"].startswith("_tag=")
     assert all(e["fullUrl"].startswith("urn:uuid:") for e in bundle["entry"])
+
+
+def test_an_amended_report_updates_the_upstream_copy(phantom, settings, blob_dir, upstream):
+    delivery = _reported(phantom, settings)
+    delivery_attempt(delivery.pk)
+    report = delivery.report
+    amended = resource_put({**report.content, "status": "amended", "conclusion": "Amended."})
+    assert amended.version_id == 2
+    assert deliveries_create(amended, Study.objects.get()) == 1
+    second = Delivery.objects.get(report_version=2)
+    delivery_attempt(second.pk)
+    second.refresh_from_db()
+    assert second.state == DeliveryState.DELIVERED
+    [upstream_report] = upstream.state.all("DiagnosticReport")
+    assert upstream_report["status"] == "amended" and upstream_report["conclusion"] == "Amended."
+    assert upstream_report["meta"]["versionId"] == "2"
+    assert len(upstream.state.all("Observation")) == 2 and len(upstream.state.all("Device")) == 1
+
+
+def test_refusal_shows_on_the_studys_timeline_with_the_outcome_location(
+    phantom, settings, blob_dir, upstream
+):
+    delivery = _reported(phantom, settings)
+    upstream.state.fail_with = 422
+    delivery_attempt(delivery.pk)
+    failed = TimelineEvent.objects.filter(item_kind="study", event="failed").last()
+    assert failed is not None and "HTTP 422: invalid" in failed.error
