@@ -303,3 +303,24 @@ def test_unknown_type_is_404_and_post_search_reads_the_form(client):
         "/fhir/Patient/_search", data="family=formsearch", content_type="application/x-www-form-urlencoded"
     )
     assert found.status_code == 200 and found.json()["total"] == 1
+
+
+def test_xml_transaction_bundle_resolves_references(client):
+    xml = b"""<Bundle xmlns="http://hl7.org/fhir"><type value="transaction"/>
+      <entry><fullUrl value="urn:uuid:0a1b2c3d-0000-4000-8000-00000000000a"/>
+        <resource><Patient><identifier><system value="urn:oid:1.2.3"/><value value="XT-1"/></identifier></Patient></resource>
+        <request><method value="POST"/><url value="Patient"/></request></entry>
+      <entry><resource><Observation><status value="final"/><code><text value="weight"/></code>
+          <subject><reference value="urn:uuid:0a1b2c3d-0000-4000-8000-00000000000a"/></subject>
+          <valueQuantity><value value="72.50"/><unit value="kg"/><system value="http://unitsofmeasure.org"/><code value="kg"/></valueQuantity>
+        </Observation></resource>
+        <request><method value="POST"/><url value="Observation"/></request></entry></Bundle>"""
+    response = client.post(
+        "/fhir/", data=xml, content_type="application/fhir+xml", HTTP_ACCEPT="application/fhir+xml"
+    )
+    assert response.status_code == 200 and response["Content-Type"].startswith("application/fhir+xml")
+    answer = get_fhir_model_class("Bundle").model_validate_xml(response.content)
+    assert answer.type == "transaction-response"
+    patient_ref = answer.entry[0].response.location.split("/_history")[0]
+    [observation] = get(client, "/fhir/Observation", {"subject": patient_ref}).json()["entry"]
+    assert observation["resource"]["valueQuantity"]["value"] == 72.5
