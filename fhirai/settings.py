@@ -236,6 +236,12 @@ FHIRAI_WORKER_CONCURRENCY = env_int("FHIRAI_WORKER_CONCURRENCY", 2, minimum=1)
 # --- de-identification ---------------------------------------------------------------------------
 FHIRAI_DEID_SECRET = env_secret("FHIRAI_DEID_SECRET") or _persistent_secret(DATA_DIR / "deid_secret")
 FHIRAI_DEID_UID_ROOT = env_str("FHIRAI_DEID_UID_ROOT", "2.25")
+# Vault keys (any strings; AES-256 keys are derived from them): the first encrypts, all decrypt.
+FHIRAI_VAULT_KEYS = [
+    k.strip()
+    for k in (env_secret("FHIRAI_VAULT_KEYS") or _persistent_secret(DATA_DIR / "vault_key")).split(",")
+    if k.strip()
+]
 
 # --- FHIR ----------------------------------------------------------------------------------------
 FHIRAI_BASE_URL = env_str("FHIRAI_BASE_URL", f"http://127.0.0.1:{FHIRAI_HTTP_PORT}").rstrip("/")

@@ -18,3 +18,17 @@ class VaultEntry(models.Model):
 
     def __str__(self) -> str:
         return f"{self.kind}:{self.pseudonym}"
+
+
+class VaultAccess(models.Model):
+    """One read of the vault: who asked (the stage), for what, and whether it was there."""
+
+    at = models.DateTimeField()
+    kind = models.CharField(max_length=32)
+    pseudonym = models.CharField(max_length=64)
+    purpose = models.CharField(max_length=64)
+    found = models.BooleanField(default=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["at"])]
+        verbose_name_plural = "vault accesses"
