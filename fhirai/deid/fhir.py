@@ -30,10 +30,13 @@ DATE_ELEMENTS = {
 _TAGS = re.compile(r"<[^>]+>")
 
 
-def resource_deidentify(resource: dict[str, Any], profile: DeidProfile | None = None) -> dict[str, Any]:
-    """A de-identified copy of `resource` by the rules above."""
+def resource_deidentify(
+    resource: dict[str, Any], profile: DeidProfile | None = None, *, known: Known | None = None
+) -> dict[str, Any]:
+    """A de-identified copy of `resource` by the rules above; `known`: identifiers of its context
+    (e.g. the Patient a report is about) to look for in its free text besides its own."""
     profile = profile or profile_current()
-    known = resource_known(resource)
+    known = resource_known(resource) | (known or Known())
     patient = _patient_key(resource)
     shift = (
         date_shift_days(patient_pseudonym(patient))

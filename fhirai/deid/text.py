@@ -45,6 +45,10 @@ LABEL = {
     KNOWN_ADDRESS: "LOCATION",
     KNOWN_DATE: "DATE_TIME",
 }
+TITLED_PERSON = (
+    r"\b(?:Dr|Drs|Mr|Mrs|Ms|Miss|Prof|Sister|Nurse)\.?\s+"
+    r"(?:[A-Z][a-z]*\.?\s+)?[A-Z][A-Za-z'\-]+(?:\s+(?:van|von|de|der|da|del|le|la|[A-Z][A-Za-z'\-]+)){0,3}"
+)
 MONTHS = ["January", "February", "March", "April", "May", "June", "July", "August", "September",
           "October", "November", "December"]  # fmt: skip
 
@@ -93,6 +97,14 @@ def _analyzer():  # noqa: ANN202 - presidio types are imported lazily
                 }
             )
             engine = AnalyzerEngine(nlp_engine=provider.create_engine(), supported_languages=["en"])
+            # A capitalised name after a title is a person whatever the NER model thinks of it.
+            engine.registry.add_recognizer(
+                PatternRecognizer(
+                    supported_entity="PERSON",
+                    name="TitledPersonRecognizer",
+                    patterns=[Pattern(name="titled", regex=TITLED_PERSON, score=0.9)],
+                )
+            )
             for name, regex in settings.FHIRAI_DEID_ID_PATTERNS.items():
                 engine.registry.add_recognizer(
                     PatternRecognizer(
