@@ -120,6 +120,7 @@ INSTALLED_APPS = [
     "fhirai.deid",
     "fhirai.routing",
     "fhirai.results",
+    "fhirai.subscriptions",
     "fhirai.ui",
     "fhirai.ops",
     "integrations.dicom",
@@ -282,6 +283,52 @@ FHIRAI_FHIR_UPSTREAM_TOKEN = env_secret("FHIRAI_FHIR_UPSTREAM_TOKEN")
 FHIRAI_FHIR_UPSTREAM_TIMEOUT = env_float("FHIRAI_FHIR_UPSTREAM_TIMEOUT", 30.0)
 FHIRAI_FHIR_UPSTREAM_CLIENT = env_str(
     "FHIRAI_FHIR_UPSTREAM_CLIENT", "integrations.fhir.upstream.HttpUpstream"
+)
+# FHIR Subscriptions (/fhir-subscription/): the secret the Subscription's channel.header carries
+# (unset = the endpoint is off), and the server whose notifications name resources to fetch.
+FHIRAI_FHIR_SUBSCRIPTION_SECRET = env_secret("FHIRAI_FHIR_SUBSCRIPTION_SECRET")
+FHIRAI_FHIR_SUBSCRIPTION_SOURCE_URL = (
+    env_str("FHIRAI_FHIR_SUBSCRIPTION_SOURCE_URL").rstrip("/") or FHIRAI_FHIR_UPSTREAM_URL
+)
+# SMART Backend Services (instead of a static token): fhirai's registered client id and the PEM
+# private key it signs its client assertions with (RSA -> RS384, EC P-384 -> ES384). The token
+# endpoint is discovered from the upstream's .well-known/smart-configuration when not set. A PEM
+# given in one environment line may write its line breaks as \n.
+FHIRAI_FHIR_UPSTREAM_CLIENT_ID = env_str("FHIRAI_FHIR_UPSTREAM_CLIENT_ID")
+FHIRAI_FHIR_UPSTREAM_PRIVATE_KEY = env_secret("FHIRAI_FHIR_UPSTREAM_PRIVATE_KEY").replace("\\n", "\n")
+FHIRAI_FHIR_UPSTREAM_KEY_ID = env_str("FHIRAI_FHIR_UPSTREAM_KEY_ID")
+FHIRAI_FHIR_UPSTREAM_TOKEN_URL = env_str("FHIRAI_FHIR_UPSTREAM_TOKEN_URL")
+FHIRAI_FHIR_UPSTREAM_SCOPE = env_str(
+    "FHIRAI_FHIR_UPSTREAM_SCOPE",
+    "system/DiagnosticReport.write system/Observation.write system/Device.write "
+    "system/Provenance.write system/*.read",
+)
+
+
+def _upstream_auth_check(token: str, client_id: str, private_key: str) -> None:
+    """Refuse an ambiguous upstream authorization at startup rather than at the first delivery:
+    a static token and SMART together, half a SMART registration, or a key SMART cannot use."""
+    if bool(client_id) != bool(private_key):
+        raise ImproperlyConfigured(
+            "SMART Backend Services needs both FHIRAI_FHIR_UPSTREAM_CLIENT_ID and "
+            "FHIRAI_FHIR_UPSTREAM_PRIVATE_KEY (or _FILE), or neither"
+        )
+    if client_id and token:
+        raise ImproperlyConfigured(
+            "set FHIRAI_FHIR_UPSTREAM_TOKEN or SMART Backend Services "
+            "(FHIRAI_FHIR_UPSTREAM_CLIENT_ID and _PRIVATE_KEY), not both"
+        )
+    if private_key:
+        from integrations.fhir.smart import signing_key  # only when SMART is configured
+
+        try:
+            signing_key(private_key)
+        except ValueError as exc:
+            raise ImproperlyConfigured(f"FHIRAI_FHIR_UPSTREAM_PRIVATE_KEY: {exc}") from None
+
+
+_upstream_auth_check(
+    FHIRAI_FHIR_UPSTREAM_TOKEN, FHIRAI_FHIR_UPSTREAM_CLIENT_ID, FHIRAI_FHIR_UPSTREAM_PRIVATE_KEY
 )
 FHIRAI_WRITEBACK_BACKOFF_MAX = env_float("FHIRAI_WRITEBACK_BACKOFF_MAX", 300.0)
 FHIRAI_WRITEBACK_GIVE_UP_SECONDS = env_float("FHIRAI_WRITEBACK_GIVE_UP_SECONDS", 86400.0)

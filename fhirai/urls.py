@@ -1,4 +1,4 @@
-"""URL roots (wiring): the FHIR facade, health, the console."""
+"""URL roots (wiring): the FHIR facade, FHIR Subscription notifications, HL7, health, the console."""
 
 from __future__ import annotations
 
@@ -6,10 +6,17 @@ from django.contrib import admin
 from django.urls import include, path
 
 from fhirai.ui import views as ui
+from integrations.fhir import subscription_hook
 
 urlpatterns = [
     path("fhir/", include("integrations.fhir.urls")),
     path("hl7/", include("integrations.hl7.urls")),
+    path("fhir-subscription/", subscription_hook.notification_endpoint, name="fhir-subscription"),
+    path(
+        "fhir-subscription/<str:rtype>/<str:rid>",
+        subscription_hook.resource_endpoint,
+        name="fhir-subscription-resource",
+    ),
     path("healthz", ui.healthz, name="healthz"),
     path("admin/", admin.site.urls),
     path("", ui.home, name="home"),

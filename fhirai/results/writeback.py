@@ -40,6 +40,7 @@ MLLP_PREFIX = "mllp:"
 class UpstreamReply:
     status: int
     body: str
+    summary: str = ""  # the adapter's own one-line account, when the body is not the server's
 
 
 class Upstream(Protocol):
@@ -48,12 +49,25 @@ class Upstream(Protocol):
 
 
 def upstream() -> Upstream:
-    """The configured upstream client (FHIRAI_FHIR_UPSTREAM_CLIENT)."""
+    """The configured upstream client (FHIRAI_FHIR_UPSTREAM_CLIENT). The SMART Backend Services
+    settings are passed only when configured, so a client class without SMART support still fits."""
     factory = import_string(settings.FHIRAI_FHIR_UPSTREAM_CLIENT)
+    smart = (
+        {
+            "client_id": settings.FHIRAI_FHIR_UPSTREAM_CLIENT_ID,
+            "private_key": settings.FHIRAI_FHIR_UPSTREAM_PRIVATE_KEY,
+            "key_id": settings.FHIRAI_FHIR_UPSTREAM_KEY_ID,
+            "token_url": settings.FHIRAI_FHIR_UPSTREAM_TOKEN_URL,
+            "scope": settings.FHIRAI_FHIR_UPSTREAM_SCOPE,
+        }
+        if settings.FHIRAI_FHIR_UPSTREAM_CLIENT_ID
+        else {}
+    )
     return factory(
         base_url=settings.FHIRAI_FHIR_UPSTREAM_URL,
         token=settings.FHIRAI_FHIR_UPSTREAM_TOKEN,
         timeout=settings.FHIRAI_FHIR_UPSTREAM_TIMEOUT,
+        **smart,
     )
 
 
@@ -106,7 +120,10 @@ def _send(destination: str, report: FhirResource) -> Outcome:
 
 def reply_summary(reply: UpstreamReply) -> str:
     """One line for the timeline: the HTTP status and, for an OperationOutcome, each issue's code
-    and location (its diagnostics stay in the delivery record: a server may echo patient data)."""
+    and location (its diagnostics stay in the delivery record: a server may echo patient data);
+    the adapter's own summary when it gave one (e.g. a refused SMART token request)."""
+    if reply.summary:
+        return reply.summary
     summary = f"HTTP {reply.status}"
     try:
         body = json.loads(reply.body)

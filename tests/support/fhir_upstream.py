@@ -6,7 +6,9 @@ fhirai's writer relies on, by the R4 spec: POST of a transaction Bundle at the b
 atomically, with conditional updates (`PUT Type?identifier=system|value`, R4 3.1.0.4.3) and
 `ifNoneExist` conditional creates on `identifier=system|value` and `_tag=system|code` (R4 3.1.0.8.1), urn:uuid fullUrls resolved in references, and a
 transaction-response Bundle; plus GET search by identifier. It can be told to fail (503) or to
-refuse (422) so retries and visible failures can be tested."""
+refuse (422) so retries and visible failures can be tested, to answer 401 to given bearer tokens
+(revoked), and to publish a SMART configuration (`/.well-known/smart-configuration`, 404 when
+none) for SMART Backend Services discovery."""
 
 from __future__ import annotations
 
@@ -25,6 +27,9 @@ class UpstreamState:
         self.requests = 0
         self.writes = 0  # resources created or updated
         self.auth_headers: list[str] = []
+        self.revoked: set[str] = set()  # bearer tokens answered 401
+        self.smart_configuration: dict[str, Any] | None = None
+        self.discoveries = 0  # GETs of the SMART configuration
         self.lock = threading.Lock()
 
     def all(self, rtype: str) -> list[dict[str, Any]]:
@@ -78,12 +83,23 @@ def _handler(state: UpstreamState) -> type[BaseHTTPRequestHandler]:
             self.end_headers()
             self.wfile.write(data)
 
+        def _revoked(self) -> bool:
+            """Answer 401 when the request's bearer token was revoked (state.lock held)."""
+            auth = self.headers.get("Authorization", "")
+            if not auth.startswith("Bearer ") or auth[len("Bearer ") :] not in state.revoked:
+                return False
+            issue = {"severity": "error", "code": "login", "diagnostics": "token revoked"}
+            self._send(401, {"resourceType": "OperationOutcome", "issue": [issue]})
+            return True
+
         def do_POST(self) -> None:  # noqa: N802
             length = int(self.headers.get("Content-Length", 0))
             bundle = json.loads(self.rfile.read(length))
             with state.lock:
                 state.requests += 1
                 state.auth_headers.append(self.headers.get("Authorization", ""))
+                if self._revoked():
+                    return
                 if state.fail_with:
                     self._send(
                         state.fail_with,
@@ -150,9 +166,20 @@ def _handler(state: UpstreamState) -> type[BaseHTTPRequestHandler]:
 
         def do_GET(self) -> None:  # noqa: N802
             url = urlparse(self.path)
+            if url.path.endswith("/.well-known/smart-configuration"):
+                with state.lock:
+                    state.discoveries += 1
+                    found_config = state.smart_configuration
+                if found_config is None:
+                    self._send(404, {"resourceType": "OperationOutcome", "issue": []})
+                else:
+                    self._send(200, found_config)
+                return
             rtype = url.path.rstrip("/").rsplit("/", 1)[-1]
             query = parse_qs(url.query)
             with state.lock:
+                if self._revoked():
+                    return
                 found = (
                     state.find(rtype, f"identifier={query['identifier'][0]}")
                     if "identifier" in query
@@ -180,7 +207,8 @@ class FhirUpstream:
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/fhir"
 
     def __enter__(self) -> FhirUpstream:
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        # a short poll: shutdown() waits up to one poll interval, at every test's teardown
+        threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
         return self
 
     def __exit__(self, *exc: object) -> None:
