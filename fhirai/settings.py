@@ -243,6 +243,14 @@ FHIRAI_DEID_UID_ROOT = env_str("FHIRAI_DEID_UID_ROOT", "2.25")
 # named and versioned so each de-identified dataset records exactly what was applied.
 FHIRAI_DEID_PROFILE = env_str("FHIRAI_DEID_PROFILE", "basic")
 FHIRAI_DEID_PROFILE_VERSION = env_str("FHIRAI_DEID_PROFILE_VERSION", "1")
+FHIRAI_DEID_BURNED_IN_MODALITIES = {
+    m.strip().upper()
+    for m in env_str("FHIRAI_DEID_BURNED_IN_MODALITIES", "US,SC,OT,XC,ES").split(",")
+    if m.strip()
+}
+FHIRAI_DEID_PIXEL_MODE = env_str("FHIRAI_DEID_PIXEL_MODE", "all-text")
+if FHIRAI_DEID_PIXEL_MODE not in ("all-text", "phi"):
+    raise ImproperlyConfigured("FHIRAI_DEID_PIXEL_MODE must be all-text or phi")
 FHIRAI_DEID_OPTIONS = [o.strip() for o in env_str("FHIRAI_DEID_OPTIONS").split(",") if o.strip()]
 # Private attributes kept under Retain Safe Private: "CREATOR:gggg,eeee" entries (element low byte).
 FHIRAI_DEID_PRIVATE_SAFELIST = [

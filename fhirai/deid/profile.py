@@ -24,6 +24,7 @@ from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 
+from fhirai.deid.pixels import Withheld, at_risk, pixels_clean
 from fhirai.deid.pseudonym import hmac_int, pseudonym, uid_remap
 from fhirai.deid.text import Known, text_scrub
 
@@ -139,6 +140,7 @@ OPTIONS: dict[str, tuple[dict[str, str], tuple[str, str]]] = {
     "retain-device-identity": (_DEVICE_IDENTITY, ("113109", "Retain Device Identity Option")),
     "retain-institution-identity": (_INSTITUTION_IDENTITY, ("113112", "Retain Institution Identity Option")),
     "retain-safe-private": ({}, ("113111", "Retain Safe Private Option")),
+    "clean-pixel-data": ({}, ("113101", "Clean Pixel Data Option")),
 }  # fmt: skip
 DATE_SHIFT_DAYS = 3650  # modified dates move back 1..3650 days, the same for every study of a patient
 
@@ -259,6 +261,13 @@ def dataset_deidentify(
     used.patient = patient_pseudonym(patient_id, issuer)
     accession = str(ds.get("AccessionNumber", "") or "")
     used.accession = accession_pseudonym(accession) if accession else ""
+    if at_risk(ds):
+        if "clean-pixel-data" not in profile.options:
+            raise Withheld(
+                f"modality {ds.get('Modality', '?')} may carry burned-in text and the profile "
+                "does not clean pixel data"
+            )
+        ds = pixels_clean(ds, dataset_known(ds))
     run = _Run(profile, used)
     if "clean-descriptors" in profile.options or "retain-patient-characteristics" in profile.options:
         run.known = dataset_known(ds)

@@ -8,13 +8,15 @@ import logging
 from django.db import transaction
 
 from fhirai import blobs
-from fhirai.audit.timeline import Event
+from fhirai.audit.timeline import Event, record
+from fhirai.deid.pixels import Withheld
 from fhirai.deid.profile import accession_pseudonym, dataset_deidentify, patient_pseudonym, profile_current
 from fhirai.deid.pseudonym import uid_remap
 from fhirai.deid.vault import vault_put
 from fhirai.ingest.models import Instance, Study, StudyState
 from fhirai.ingest.state import study_fail, study_transition
 from fhirai.routing.jobs import study_route
+from fhirai.routing.rules import WITHHELD
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +35,10 @@ def study_deidentify(study_id: int) -> None:
             deid, _ = dataset_deidentify(
                 blobs.get(instance.blob_key), issuer=study.issuer_of_patient_id, profile=profile
             )
+        except Withheld as reason:
+            Instance.objects.filter(pk=instance.pk).update(deid_blob_key=WITHHELD)
+            record("study", study_id, Event.SKIPPED, detail=f"instance {instance.pk} withheld: {reason}")
+            continue
         except (ValueError, KeyError, TypeError, EOFError, AttributeError) as exc:
             study_fail(
                 study_id,

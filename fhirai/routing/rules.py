@@ -12,11 +12,15 @@ from collections import Counter
 from fhirai.ingest.models import Instance, Study
 from fhirai.routing.models import ModelRecord
 
+WITHHELD = "-"  # deid_blob_key of an instance de-identification withheld (burned-in text)
+
 
 def study_models(study: Study) -> list[ModelRecord]:
     """The enabled models that accept this study."""
     return [
-        m for m in ModelRecord.objects.filter(enabled=True).order_by("name", "version") if _accepts(m, study)
+        m
+        for m in ModelRecord.objects.filter(enabled=True).order_by("name", "version")
+        if _accepts(m, study) and model_inputs(m, study)
     ]
 
 
@@ -37,7 +41,7 @@ def model_inputs(model: ModelRecord, study: Study) -> list[Instance]:
     modalities = {m.upper() for m in (model.accepts or {}).get("modalities", [])}
     instances = [
         i
-        for i in study.instances.exclude(deid_blob_key="").order_by("id")
+        for i in study.instances.exclude(deid_blob_key__in=("", WITHHELD)).order_by("id")
         if not modalities or i.modality.upper() in modalities
     ]
     if not instances:

@@ -123,6 +123,6 @@ def test_retain_safe_private_keeps_only_the_safelisted_element(rich):
 
 
 def test_every_option_is_known_and_unknown_ones_are_refused():
-    assert len(OPTIONS) == 7
+    assert len(OPTIONS) == 8
     with pytest.raises(ValueError):
         DeidProfile(options=frozenset({"retain-everything"}))
