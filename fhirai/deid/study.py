@@ -67,10 +67,8 @@ def study_deidentify(study_id: int) -> None:
             from_states=[StudyState.COMPLETE],
             to=StudyState.DEIDENTIFIED,
             event=Event.DEIDENTIFIED,
-            detail=f"{profile.label}; {done} instances; patient {patient}",
+            detail=f"{profile.label}; {done} instances",
             revision=revision,
-            patient_pseudonym=patient,
-            study_pseudonym=study_pseudo,
         )
     if moved:
         study_route(study_id)  # the next stage in the same worker: no queue hop

@@ -12,7 +12,6 @@ from fhirai.ui.timeline import timeline_html
 class StudyAdmin(admin.ModelAdmin):
     list_display = (
         "id",
-        "study_pseudonym",
         "state",
         "instance_count",
         "modalities",
@@ -21,7 +20,7 @@ class StudyAdmin(admin.ModelAdmin):
         "state_changed_at",
     )
     list_filter = ("state", "modalities", "calling_ae")
-    search_fields = ("patient_pseudonym", "study_pseudonym", "=patient_id", "=accession_number")
+    search_fields = ("=patient_id", "=accession_number")
     readonly_fields = [f.name for f in Study._meta.fields] + ["timeline"]
 
     @admin.display(description="timeline")

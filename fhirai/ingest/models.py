@@ -35,9 +35,7 @@ class Study(models.Model):
     body_part = models.CharField(max_length=16, blank=True, default="")
     modalities = models.CharField(max_length=64, blank=True, default="")
     calling_ae = models.CharField(max_length=16, blank=True, default="")
-    # Pseudonyms (safe for logs and the inference tier).
-    patient_pseudonym = models.CharField(max_length=64, blank=True, default="")
-    study_pseudonym = models.CharField(max_length=64, blank=True, default="")
+    # No pseudonyms here: the vault is the only place that maps them to these identifiers.
     instance_count = models.PositiveIntegerField(default=0)
     first_received_at = models.DateTimeField()
     last_received_at = models.DateTimeField()
@@ -52,7 +50,7 @@ class Study(models.Model):
         verbose_name_plural = "studies"
 
     def __str__(self) -> str:
-        return f"study {self.pk} ({self.study_pseudonym or 'no pseudonym yet'})"
+        return f"study {self.pk}"
 
 
 class Instance(models.Model):

@@ -181,15 +181,28 @@ def report_id(study_uid: str, model: Any) -> str:
     return stable_id("DiagnosticReport", f"{study_uid}\x1f{model.name}\x1f{model.version}")
 
 
+def study_reidentify(study: Study, subject: dict[str, str]) -> None:
+    """Map the pseudonyms a result names back through the vault (write-back is its only reader)
+    and check they are this study's: a result about another study must never be written here."""
+    study_uid = vault_lookup("study-uid", subject.get("study_uid", ""), purpose="write-back")
+    issuer, _, patient_id = vault_lookup(
+        "patient-id", subject.get("patient_id", ""), purpose="write-back"
+    ).partition("\x1f")
+    if study_uid != study.study_uid or patient_id != study.patient_id:
+        raise ValueError(f"the result names another study or patient than study {study.pk}")
+
+
 def study_context(study: Study) -> tuple[str, dict[str, Any], Any]:
-    """The study's real StudyInstanceUID (re-identified through the vault), the reference to its
-    patient (the EHR's record when one is known, else the DICOM PatientID) and its order."""
-    study_uid = vault_lookup("study-uid", study.study_pseudonym)
-    issuer, _, patient_id = vault_lookup("patient-id", study.patient_pseudonym).partition("\x1f")
+    """The study's StudyInstanceUID, the reference to its patient (the EHR's record when one is
+    known, else the DICOM PatientID) and its order: identified data, trusted side only."""
     order = order_for_accession(study.accession_number)
-    patient = order.patient.surviving() if order and order.patient else patient_find(patient_id)
-    subject = patient_reference(patient) if patient else dicom_patient_reference(patient_id, issuer)
-    return study_uid, subject, order
+    patient = order.patient.surviving() if order and order.patient else patient_find(study.patient_id)
+    subject = (
+        patient_reference(patient)
+        if patient
+        else dicom_patient_reference(study.patient_id, study.issuer_of_patient_id)
+    )
+    return study.study_uid, subject, order
 
 
 def study_reports_refresh(study_id: int) -> int:

@@ -12,9 +12,10 @@ from django.utils import timezone
 
 from fhirai.audit.timeline import Event, record
 from fhirai.celery import TASK_INFER, dispatch_on_commit
+from fhirai.errors import NotFound
 from fhirai.ingest.models import Study, StudyState
 from fhirai.ingest.state import study_fail, study_transition
-from fhirai.results.report import report_from_job
+from fhirai.results.report import report_from_job, study_reidentify
 from fhirai.results.task import job_task_put
 from fhirai.routing.models import InferenceJob, JobState
 from fhirai.routing.rules import model_inputs, study_models
@@ -91,6 +92,18 @@ def job_record_result(job_id: int, output: dict[str, Any]) -> None:
             job.save(update_fields=["state", "finished_at"])
             job_task_put(job)
             return
+        # The pseudonymous subject is checked against the vault when the report is built and is
+        # not kept with the job: only the vault maps pseudonyms to this study.
+        subject = output.pop("subject", None)
+        if subject is not None:
+            try:
+                study_reidentify(study, subject)
+            except (ValueError, NotFound) as exc:
+                job.state, job.error, job.finished_at = JobState.FAILED, str(exc)[:2000], timezone.now()
+                job.save(update_fields=["state", "error", "finished_at"])
+                job_task_put(job)
+                study_fail(study.pk, error=f"job {job.pk}: {exc}", from_states=[StudyState.QUEUED])
+                return
         job.state, job.result, job.finished_at = JobState.DONE, output, timezone.now()
         job.save(update_fields=["state", "result", "finished_at"])
         record("study", study.pk, Event.INFERRED, detail=f"{job.model} job {job.pk}")

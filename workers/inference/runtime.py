@@ -52,7 +52,13 @@ def run_model(name: str, version: str, input_keys: list[str]) -> dict[str, Any]:
     model = model_load(name, version)
     started = time.perf_counter()
     datasets = [dcmread(BytesIO(blobs.get(key))) for key in input_keys]
+    studies = {str(ds.get("StudyInstanceUID", "")) for ds in datasets}
+    if len(studies) != 1:
+        raise ModelInputError("the inputs of one run must all belong to one study")
     output = model(datasets)
+    # Whom the result is about, in the only terms this tier knows: the pseudonyms in the
+    # de-identified headers. The write-back stage maps them back through the vault.
+    output["subject"] = {"study_uid": studies.pop(), "patient_id": str(datasets[0].get("PatientID", ""))}
     output["runtime"] = {
         "seconds": round(time.perf_counter() - started, 3),
         "device": str(device_for(settings.FHIRAI_INFERENCE_DEVICE)),
