@@ -1,8 +1,12 @@
 from __future__ import annotations
 
-from django.contrib import admin
+from django import forms
+from django.contrib import admin, messages
+from django.db import transaction
+from django.db.models import Max
 
-from fhirai.deid.models import VaultAccess
+from fhirai.deid.models import ProfileVersion, VaultAccess
+from fhirai.deid.profile import OPTIONS, DeidProfile, safelist_parse
 
 
 @admin.register(VaultAccess)
@@ -21,3 +25,59 @@ class VaultAccessAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request, obj=None) -> bool:  # type: ignore[no-untyped-def]
         return False
+
+
+class ProfileVersionForm(forms.ModelForm):
+    options = forms.MultipleChoiceField(
+        choices=[(o, o) for o in OPTIONS], required=False, widget=forms.CheckboxSelectMultiple
+    )
+
+    class Meta:
+        model = ProfileVersion
+        fields = ("name", "options", "private_safelist", "note")
+
+    def clean(self):  # type: ignore[no-untyped-def]
+        data = super().clean()
+        try:
+            DeidProfile(options=frozenset(data.get("options") or ()))
+            safelist_parse(data.get("private_safelist") or [])
+        except ValueError as exc:
+            raise forms.ValidationError(str(exc)) from None
+        return data
+
+
+@admin.register(ProfileVersion)
+class ProfileVersionAdmin(admin.ModelAdmin):
+    """Profiles are versioned: adding saves the next version of that name; versions are never
+    edited; "activate" makes one the site's profile (the next studies use it)."""
+
+    form = ProfileVersionForm
+    list_display = ("name", "version", "active", "options", "created_at")
+    list_filter = ("name", "active")
+    actions = ["activate"]
+
+    def get_readonly_fields(self, request, obj=None):  # type: ignore[no-untyped-def]
+        if obj is None:
+            return ("version", "active", "created_at")
+        return [f.name for f in ProfileVersion._meta.fields]
+
+    def has_delete_permission(self, request, obj=None) -> bool:  # type: ignore[no-untyped-def]
+        return False
+
+    def save_model(self, request, obj, form, change) -> None:  # type: ignore[no-untyped-def]
+        if change:
+            return  # versions are immutable
+        with transaction.atomic():
+            latest = ProfileVersion.objects.filter(name=obj.name).aggregate(v=Max("version"))["v"] or 0
+            obj.version = latest + 1
+            obj.save()
+
+    @admin.action(description="Activate the selected version (the next studies use it)")
+    def activate(self, request, queryset) -> None:  # type: ignore[no-untyped-def]
+        if queryset.count() != 1:
+            self.message_user(request, "select exactly one version", level=messages.ERROR)
+            return
+        with transaction.atomic():
+            ProfileVersion.objects.filter(active=True).update(active=False)
+            queryset.update(active=True)
+        self.message_user(request, f"{queryset.first()} is now the site's de-identification profile")

@@ -172,18 +172,36 @@ class DeidProfile:
         return action
 
 
-def profile_current() -> DeidProfile:
-    """The site's profile, from settings."""
-    safelist = set()
-    for entry in settings.FHIRAI_DEID_PRIVATE_SAFELIST:
+def safelist_parse(entries: list[str]) -> frozenset[tuple[str, int, int]]:
+    """ "CREATOR:gggg,ee" entries as (creator, group, element low byte); ValueError when malformed."""
+    out = set()
+    for entry in entries:
         creator, _, where = entry.rpartition(":")
         group, _, element = where.partition(",")
-        safelist.add((creator, int(group, 16), int(element, 16) & 0xFF))
+        if not creator or not group or not element:
+            raise ValueError(f"private safelist entry {entry!r} is not CREATOR:gggg,ee")
+        out.add((creator, int(group, 16), int(element, 16) & 0xFF))
+    return frozenset(out)
+
+
+def profile_current() -> DeidProfile:
+    """The site's profile: the active version in the database (console: de-identification
+    profiles), else the one the settings describe."""
+    from fhirai.deid.models import ProfileVersion
+
+    active = ProfileVersion.objects.filter(active=True).first()
+    if active is not None:
+        return DeidProfile(
+            name=active.name,
+            version=str(active.version),
+            options=frozenset(active.options),
+            private_safelist=safelist_parse(active.private_safelist),
+        )
     return DeidProfile(
         name=settings.FHIRAI_DEID_PROFILE,
         version=settings.FHIRAI_DEID_PROFILE_VERSION,
         options=frozenset(settings.FHIRAI_DEID_OPTIONS),
-        private_safelist=frozenset(safelist),
+        private_safelist=safelist_parse(settings.FHIRAI_DEID_PRIVATE_SAFELIST),
     )
 
 

@@ -2,10 +2,13 @@ from __future__ import annotations
 
 from io import BytesIO
 
+import pytest
 from pydicom import dcmread
 
 from fhirai.deid.profile import dataset_deidentify, patient_pseudonym
 from fhirai.deid.pseudonym import uid_remap
+
+pytestmark = pytest.mark.django_db  # the site profile is read from the database
 
 
 def test_basic_profile_leaves_no_identifier_in_the_bytes(phantom):

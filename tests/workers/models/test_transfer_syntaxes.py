@@ -14,6 +14,8 @@ from fhirai.deid.profile import dataset_deidentify
 from tests.support.phantom import ct_phantom
 from workers.models.ct_lung import CtLungQuant
 
+pytestmark = pytest.mark.django_db  # the site profile is read from the database
+
 
 def _compressed(files: list[bytes], syntax: str) -> list[bytes]:
     out = []
