@@ -25,6 +25,7 @@ TASK_INFER = "workers.tasks.study_infer"
 TASK_DELIVER = "workers.tasks.delivery_attempt"
 TASK_MESSAGES_PROCESS = "workers.tasks.messages_process"
 TASK_APP_ACK = "workers.tasks.message_app_ack"
+TASK_REPORT_DEIDENTIFY = "workers.tasks.clinical_report_deidentify"
 
 
 def dispatch(task_name: str, *args: Any) -> None:

@@ -17,6 +17,7 @@ from fhirai.audit.timeline import Event, record
 from fhirai.celery import TASK_DEIDENTIFY, dispatch_on_commit
 from fhirai.context.acks import app_acks_due
 from fhirai.context.messages import messages_redispatch_stalled
+from fhirai.context.reports import reports_redispatch_stalled
 from fhirai.ingest.models import Study, StudyState
 from fhirai.results.writeback import deliveries_due, delivery_redispatch
 from fhirai.routing.jobs import job_retry, jobs_redispatch_stalled, study_route
@@ -35,6 +36,7 @@ def pipeline_sweep() -> dict[str, int]:
     counts["deliveries_dispatched"] = _deliveries_dispatch()
     counts["messages_redispatched"] = messages_redispatch_stalled()
     counts["app_acks_dispatched"] = app_acks_due()
+    counts["reports_redispatched"] = reports_redispatch_stalled()
     if any(counts.values()):
         log.info("sweep: %s", counts)
     return counts

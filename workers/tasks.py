@@ -10,7 +10,7 @@ from typing import Any
 from celery import shared_task
 
 from fhirai import sweep
-from fhirai.context import acks, messages
+from fhirai.context import acks, messages, reports
 from fhirai.deid import study as deid_study
 from fhirai.errors import Unavailable
 from fhirai.results import writeback
@@ -29,6 +29,11 @@ RETRY = {
 @shared_task(name="workers.tasks.study_deidentify", **RETRY)
 def study_deidentify(study_id: int) -> None:
     deid_study.study_deidentify(study_id)
+
+
+@shared_task(name="workers.tasks.clinical_report_deidentify", **RETRY)
+def clinical_report_deidentify(report_id: int) -> None:
+    reports.clinical_report_deidentify(report_id)
 
 
 @shared_task(name="workers.tasks.study_infer", acks_late=True, reject_on_worker_lost=True)

@@ -19,6 +19,7 @@ from fhirai.context.facts import MessageFacts, MessageReader
 from fhirai.context.models import ClinicalReport
 from fhirai.context.received import order_received
 from fhirai.context.records import patient_merge, patient_upsert
+from fhirai.context.reports import reports_deidentify_dispatch
 from fhirai.ingest.models import Message, MessageState
 
 log = logging.getLogger(__name__)
@@ -96,7 +97,7 @@ def _apply(message: Message, facts: MessageFacts) -> str:
     if facts.kind == "report":
         report = facts.report
         assert report is not None
-        ClinicalReport.objects.get_or_create(
+        clinical, created = ClinicalReport.objects.get_or_create(
             message=message,
             defaults={
                 "accession": report.accession,
@@ -108,6 +109,8 @@ def _apply(message: Message, facts: MessageFacts) -> str:
                 "received_at": message.received_at,
             },
         )
+        if created:
+            reports_deidentify_dispatch(clinical.pk)
         return f"report text kept ({len(report.text)} characters)"
     raise ValueError(f"no handling for {facts.kind}")
 

@@ -64,6 +64,8 @@ class ClinicalReport(models.Model):
     filler_number = models.CharField(max_length=64, blank=True, default="")
     status = models.CharField(max_length=8, blank=True, default="")
     text = models.TextField(blank=True, default="")
+    # The message de-identified (fhirai.deid.hl7v2) in the `deid` blob area: what the NLP stage reads.
+    deid_blob_key = models.CharField(max_length=128, blank=True, default="")
     patient = models.ForeignKey(
         Patient, null=True, blank=True, on_delete=models.SET_NULL, related_name="reports"
     )

@@ -159,3 +159,22 @@ def test_omi_takes_the_accession_from_ipc():
     _process(_receive(omi))
     order = Order.objects.get()
     assert (order.accession, order.placer_number, order.procedure_code) == ("ACC-IPC-1", "PL-5", "MRCHEST")
+
+
+def test_oru_text_is_deidentified_for_the_nlp_stage(settings, blob_dir):
+    from fhirai import blobs
+    from fhirai.context.reports import clinical_report_deidentify
+    from fhirai.deid.models import VaultEntry
+
+    _process(_receive(oru("R-2")))
+    report = ClinicalReport.objects.get()
+    key = clinical_report_deidentify(report.pk)
+    assert key.startswith("deid/") and clinical_report_deidentify(report.pk) == key  # once
+    text = blobs.get(key).decode()
+    assert text.startswith("MSH|") and "Lungs clear" in text
+    raw = bytes(Message.objects.get().raw).decode()
+    pid = next(line for line in raw.split("\r") if line.startswith("PID"))
+    for value in pid.split("|")[3].split("^")[:1] + pid.split("|")[5].split("^")[:2]:
+        if value:
+            assert value not in text, value
+    assert VaultEntry.objects.filter(kind="patient-id").exists()
