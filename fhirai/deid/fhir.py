@@ -93,9 +93,9 @@ def _patient_key(resource: dict[str, Any]) -> str:
     return str(ident.get("value") or subject.get("reference", ""))
 
 
-def _walk(node: Any, known: Known, shift: int, *, top: bool = False, key: str = "") -> Any:
+def _walk(node: Any, known: Known, shift: int, *, top: bool = False) -> Any:
     if isinstance(node, list):
-        return [_walk(n, known, shift, key=key) for n in node]
+        return [_walk(n, known, shift) for n in node]
     if not isinstance(node, dict):
         return node
     out: dict[str, Any] = {}
@@ -123,7 +123,7 @@ def _walk(node: Any, known: Known, shift: int, *, top: bool = False, key: str = 
         elif name in FREE_TEXT and isinstance(value, str):
             out[name] = text_scrub(value, known).text
         else:
-            out[name] = _walk(value, known, shift, key=name)
+            out[name] = _walk(value, known, shift)
     return out
 
 

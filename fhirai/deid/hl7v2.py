@@ -15,9 +15,8 @@ Rules (field numbers as in the standard; MSH-1 is the field separator):
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
 
-from fhirai.deid.profile import DeidProfile, date_shift_days, patient_pseudonym, profile_current
+from fhirai.deid.profile import DeidProfile, date_shift, date_shift_days, patient_pseudonym, profile_current
 from fhirai.deid.pseudonym import pseudonym
 from fhirai.deid.text import Known, text_scrub
 
@@ -150,11 +149,7 @@ def _date(value: str, d: _Delims, shift: int, *, birth: bool) -> str:
     removed."""
     text = value.split(d.component)[0]
     if shift and len(text) >= 8 and text[:8].isdigit():
-        try:
-            day = datetime.strptime(text[:8], "%Y%m%d") + timedelta(days=shift)
-        except ValueError:
-            return ""
-        return day.strftime("%Y%m%d") + text[8:]
+        return str(date_shift(text, "DT", shift))
     if birth and len(text) >= 4 and text[:4].isdigit():
         return text[:4]
     return ""

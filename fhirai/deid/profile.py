@@ -279,16 +279,16 @@ def dataset_deidentify(
     used.patient = patient_pseudonym(patient_id, issuer)
     accession = str(ds.get("AccessionNumber", "") or "")
     used.accession = accession_pseudonym(accession) if accession else ""
+    run = _Run(profile, used)
+    if {"clean-descriptors", "retain-patient-characteristics", "clean-pixel-data"} & profile.options:
+        run.known = dataset_known(ds)  # what the free text and the pixels are searched for
     if at_risk(ds):
         if "clean-pixel-data" not in profile.options:
             raise Withheld(
                 f"modality {ds.get('Modality', '?')} may carry burned-in text and the profile "
                 "does not clean pixel data"
             )
-        ds = pixels_clean(ds, dataset_known(ds))
-    run = _Run(profile, used)
-    if "clean-descriptors" in profile.options or "retain-patient-characteristics" in profile.options:
-        run.known = dataset_known(ds)
+        ds = pixels_clean(ds, run.known)
     if "retain-longitudinal-modified-dates" in profile.options:
         run.shift = date_shift_days(used.patient)
     _private_remove(ds, profile)
@@ -369,7 +369,7 @@ def _apply(ds: Dataset, elem: DataElement, run: _Run) -> None:
         and action in ("X", "Z", "D", "")
     ):
         if elem.VR != "TM":  # times of day are kept: only the dates move
-            elem.value = _shift(elem.value, elem.VR, run.shift)
+            elem.value = date_shift(elem.value, elem.VR, run.shift)
         return
     if action == "X":
         del ds[tag]
@@ -414,8 +414,9 @@ def _clean(ds: Dataset, elem: DataElement, run: _Run) -> None:
     elem.value = cleaned if len(cleaned) > 1 else cleaned[0]
 
 
-def _shift(value: object, vr: str, days: int) -> object:
-    """A DA or DT value (or several) moved by `days`, precision and time of day kept."""
+def date_shift(value: object, vr: str, days: int) -> object:
+    """A DA or DT value (or several; HL7 DTM reads as DT) moved by `days`, precision and time of
+    day kept; empty when it is not a date."""
 
     def one(text: str) -> str:
         text = str(text).strip()

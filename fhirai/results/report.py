@@ -185,7 +185,7 @@ def study_reidentify(study: Study, subject: dict[str, str]) -> None:
     """Map the pseudonyms a result names back through the vault (write-back is its only reader)
     and check they are this study's: a result about another study must never be written here."""
     study_uid = vault_lookup("study-uid", subject.get("study_uid", ""), purpose="write-back")
-    issuer, _, patient_id = vault_lookup(
+    _, _, patient_id = vault_lookup(
         "patient-id", subject.get("patient_id", ""), purpose="write-back"
     ).partition("\x1f")
     if study_uid != study.study_uid or patient_id != study.patient_id:

@@ -32,7 +32,7 @@ def _std(rtype: str, name: str, kind: str, *paths: str, target: str = "", common
     return Param(name, kind, paths, target, definition)
 
 
-def _common(rtype: str) -> list[Param]:
+def _common() -> list[Param]:
     return [
         Param("_id", "special", definition="http://hl7.org/fhir/SearchParameter/Resource-id"),
         Param(
@@ -52,7 +52,7 @@ def _clinical(rtype: str) -> list[Param]:
 
 PARAMS: dict[str, list[Param]] = {
     "Patient": [
-        *_common("Patient"),
+        *_common(),
         _std("Patient", "identifier", "token", "identifier"),
         _std("Patient", "birthdate", "date", "birthDate", common="individual"),
         _std("Patient", "gender", "token", "gender", common="individual"),
@@ -62,21 +62,21 @@ PARAMS: dict[str, list[Param]] = {
         _std("Patient", "active", "token", "active"),
     ],
     "ServiceRequest": [
-        *_common("ServiceRequest"),
+        *_common(),
         *_clinical("ServiceRequest"),
         _std("ServiceRequest", "status", "token", "status"),
         _std("ServiceRequest", "code", "token", "code", common="clinical"),
         _std("ServiceRequest", "authored", "date", "authoredOn"),
     ],
     "ImagingStudy": [
-        *_common("ImagingStudy"),
+        *_common(),
         *_clinical("ImagingStudy"),
         _std("ImagingStudy", "status", "token", "status"),
         _std("ImagingStudy", "started", "date", "started"),
         _std("ImagingStudy", "basedon", "reference", "basedOn", target="ServiceRequest"),
     ],
     "DiagnosticReport": [
-        *_common("DiagnosticReport"),
+        *_common(),
         *_clinical("DiagnosticReport"),
         _std("DiagnosticReport", "status", "token", "status"),
         _std("DiagnosticReport", "code", "token", "code", common="clinical"),
@@ -92,7 +92,7 @@ PARAMS: dict[str, list[Param]] = {
         ),
     ],
     "Observation": [
-        *_common("Observation"),
+        *_common(),
         *_clinical("Observation"),
         _std("Observation", "status", "token", "status"),
         _std("Observation", "code", "token", "code", common="clinical"),
@@ -102,18 +102,18 @@ PARAMS: dict[str, list[Param]] = {
         _std("Observation", "device", "reference", "device", target="Device"),
     ],
     "Device": [
-        *_common("Device"),
+        *_common(),
         _std("Device", "identifier", "token", "identifier"),
         _std("Device", "status", "token", "status"),
     ],
     "Provenance": [
-        *_common("Provenance"),
+        *_common(),
         _std("Provenance", "target", "reference", "target"),
         _std("Provenance", "recorded", "date", "recorded"),
         _std("Provenance", "agent", "reference", "agent.who", target="Device"),
     ],
     "Task": [
-        *_common("Task"),
+        *_common(),
         _std("Task", "identifier", "token", "identifier"),
         _std("Task", "status", "token", "status"),
         _std("Task", "code", "token", "code"),

@@ -245,6 +245,21 @@ class ResourceInvalid(InvalidInput):
         super().__init__("invalid-resource", "; ".join(f"{e}: {m}" for e, m in issues))
         self.issues = issues
 
+    @classmethod
+    def from_validation(cls, rtype: str, exc: ValidationError) -> ResourceInvalid:
+        """The model's errors as FHIRPath locations (Patient.name[0].family) with their messages."""
+        return cls(
+            [
+                (
+                    ".".join(
+                        [rtype, *(f"[{p}]" if isinstance(p, int) else str(p) for p in err["loc"])]
+                    ).replace(".[", "["),
+                    err["msg"],
+                )
+                for err in exc.errors()[:20]
+            ]
+        )
+
 
 class VersionConflict(InvalidInput):
     """If-Match named a version that is not the current one (HTTP 412)."""
@@ -263,17 +278,7 @@ def resource_validate(content: Any, *, expected_type: str | None = None) -> str:
     try:
         model.model_validate(content)
     except ValidationError as exc:
-        raise ResourceInvalid(
-            [
-                (
-                    ".".join(
-                        [rtype, *(str(p) if not isinstance(p, int) else f"[{p}]" for p in err["loc"])]
-                    ).replace(".[", "["),
-                    err["msg"],
-                )
-                for err in exc.errors()[:20]
-            ]
-        ) from None
+        raise ResourceInvalid.from_validation(rtype, exc) from None
     return rtype
 
 

@@ -93,9 +93,7 @@ def from_xml(raw: bytes) -> dict[str, Any]:
     try:
         resource = model.model_validate_xml(raw)
     except ValidationError as exc:
-        raise ResourceInvalid(
-            [(".".join([rtype, *(str(p) for p in err["loc"])]), err["msg"]) for err in exc.errors()[:20]]
-        ) from None
+        raise ResourceInvalid.from_validation(rtype, exc) from None
     except (ValueError, TypeError, etree.LxmlError) as exc:
         raise ResourceInvalid([(rtype, f"cannot be read: {type(exc).__name__}")]) from None
     return json.loads(resource.model_dump_json(exclude_none=True))

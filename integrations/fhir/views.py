@@ -286,7 +286,7 @@ def search(request: HttpRequest, rtype: str) -> HttpResponse:
         if control in query:
             used.append((control, query[control]))
     if rtype == "AuditEvent":
-        rows, total, entries = _audit_page(criteria, count, offset)
+        total, entries = _audit_page(criteria, count, offset)
     else:
         qs = resource_search(rtype, criteria)
         sort = query.get("_sort", "-_lastUpdated")
@@ -320,7 +320,7 @@ def search(request: HttpRequest, rtype: str) -> HttpResponse:
     return _json(bundle)
 
 
-def _audit_page(criteria: list[list[Any]], count: int, offset: int) -> tuple[Any, int, list[dict]]:
+def _audit_page(criteria: list[list[Any]], count: int, offset: int) -> tuple[int, list[dict]]:
     ids = subtypes = outcomes = None
     recorded = Q()
     for alternatives in criteria:
@@ -343,7 +343,7 @@ def _audit_page(criteria: list[list[Any]], count: int, offset: int) -> tuple[Any
         {"fullUrl": f"{_base()}/AuditEvent/{e.pk}", "resource": audit_event(e), "search": {"mode": "match"}}
         for e in page
     ]
-    return page, total, entries
+    return total, entries
 
 
 def _includes(rtype: str, page: list[FhirResource], wanted: list[str], strict: bool) -> list[dict[str, Any]]:
