@@ -23,6 +23,8 @@ from typing import Any
 
 import requests
 
+from tests.support.json_http import JsonHandler
+
 BACKPORT_STATUS = (
     "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/backport-subscription-status-r4"
 )
@@ -47,18 +49,7 @@ class NotifierState:
 
 
 def _handler(state: NotifierState, prefix: str) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, *args: Any) -> None:
-            pass
-
-        def _send(self, status: int, body: dict[str, Any]) -> None:
-            data = json.dumps(body).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/fhir+json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
+    class Handler(JsonHandler):
         def do_GET(self) -> None:  # noqa: N802
             key = self.path.split("?", 1)[0].removeprefix(prefix).strip("/")
             with state.lock:

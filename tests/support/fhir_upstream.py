@@ -19,6 +19,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlparse
 
+from tests.support.json_http import JsonHandler
+
 
 class UpstreamState:
     def __init__(self) -> None:
@@ -71,18 +73,7 @@ def _resolve(node: Any, ids: dict[str, str]) -> Any:
 
 
 def _handler(state: UpstreamState) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, *args: Any) -> None:
-            pass
-
-        def _send(self, status: int, body: dict[str, Any]) -> None:
-            data = json.dumps(body).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/fhir+json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
+    class Handler(JsonHandler):
         def _revoked(self) -> bool:
             """Answer 401 when the request's bearer token was revoked (state.lock held)."""
             auth = self.headers.get("Authorization", "")

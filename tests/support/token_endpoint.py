@@ -10,7 +10,6 @@ were none. It can be told to fail (503), or to refuse a valid assertion (400 inv
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from dataclasses import dataclass, field
@@ -20,6 +19,8 @@ from urllib.parse import parse_qs
 
 import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+from tests.support.json_http import JsonHandler
 
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 PublicKey = rsa.RSAPublicKey | ec.EllipticCurvePublicKey
@@ -50,18 +51,9 @@ def _algorithm(key: PublicKey) -> str:
 def _handler(endpoint: TokenEndpoint) -> type[BaseHTTPRequestHandler]:
     state = endpoint.state
 
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, *args: Any) -> None:
-            pass
-
-        def _send(self, status: int, body: dict[str, Any]) -> None:
-            data = json.dumps(body).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Cache-Control", "no-store")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+    class Handler(JsonHandler):
+        content_type = "application/json"
+        extra_headers = (("Cache-Control", "no-store"),)
 
         def do_POST(self) -> None:  # noqa: N802
             raw = self.rfile.read(int(self.headers.get("Content-Length", 0))).decode()
