@@ -16,7 +16,7 @@ from django.conf import settings
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
 
-from fhirai.deid.text import Known, _ad_hoc, _analyzer
+from fhirai.deid.text import Known, ad_hoc_recognizers, analyzer_engine
 
 SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
 _lock = threading.Lock()
@@ -42,7 +42,7 @@ def _redactor():  # noqa: ANN202 - presidio types are imported lazily
 
             # Our analyzer (the installed spaCy pipeline), never presidio's default that would
             # try to download a model.
-            image_analyzer = ImageAnalyzerEngine(analyzer_engine=_analyzer())
+            image_analyzer = ImageAnalyzerEngine(analyzer_engine=analyzer_engine())
             _engine.append(DicomImageRedactorEngine(image_analyzer_engine=image_analyzer))
         return _engine[0]
 
@@ -54,7 +54,7 @@ def pixels_clean(ds: Dataset, known: Known) -> Dataset:
 
     if ds.file_meta.TransferSyntaxUID.is_compressed:
         ds.decompress()
-    recognizers = _ad_hoc(known)
+    recognizers = ad_hoc_recognizers(known)
     if settings.FHIRAI_DEID_PIXEL_MODE == "all-text":
         recognizers.append(
             PatternRecognizer(

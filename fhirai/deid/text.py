@@ -82,7 +82,7 @@ _lock = threading.Lock()
 _engines: dict[str, object] = {}
 
 
-def _analyzer():  # noqa: ANN202 - presidio types are imported lazily
+def analyzer_engine():  # noqa: ANN202 - presidio types are imported lazily
     """The process's Presidio analyzer (built on first use: loading spaCy takes seconds)."""
     model = settings.FHIRAI_DEID_NLP_MODEL
     with _lock:
@@ -127,7 +127,7 @@ def _anonymizer():  # noqa: ANN202
 
 def engine_warm() -> None:
     """Load the pipeline now (worker start) rather than on the first message."""
-    _analyzer()
+    analyzer_engine()
     _anonymizer()
 
 
@@ -137,8 +137,8 @@ def text_scrub(text: str, known: Known = Known()) -> Scrubbed:
         return Scrubbed(text)
     from presidio_anonymizer.entities import OperatorConfig
 
-    analyzer = _analyzer()
-    recognizers = _ad_hoc(known)
+    analyzer = analyzer_engine()
+    recognizers = ad_hoc_recognizers(known)
     entities = ENTITIES + [f"SITE_{n.upper()}" for n in settings.FHIRAI_DEID_ID_PATTERNS]
     entities += [r.supported_entities[0] for r in recognizers]
     results = analyzer.analyze(
@@ -191,7 +191,7 @@ def _label(entity: str) -> str:
     return LABEL.get(entity, entity)
 
 
-def _ad_hoc(known: Known) -> list:  # noqa: ANN202
+def ad_hoc_recognizers(known: Known) -> list:  # noqa: ANN202
     from presidio_analyzer import Pattern, PatternRecognizer
 
     out = []

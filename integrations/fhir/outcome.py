@@ -31,3 +31,10 @@ def outcome(kind: tuple[str, int], diagnostics: str, *, expression: str | None =
     if http_status == 503:
         response["Retry-After"] = "30"
     return response
+
+
+class Refusal(Exception):  # noqa: N818 - carries the answer, not a failure of fhirai's
+    """Raised by a FHIR endpoint's helpers to answer with this OperationOutcome response."""
+
+    def __init__(self, response: HttpResponse) -> None:
+        self.response = response

@@ -42,13 +42,8 @@ CONTROL = {"_count", "_offset", "_format", "_include", "_pretty", "_summary", "_
 MODIFIERS = {"reference": {"", "identifier"}, "string": {"", "contains"}}
 
 
-class _Refused(Exception):
-    def __init__(self, response: HttpResponse) -> None:
-        self.response = response
-
-
-def _refuse(kind: tuple[str, int], message: str, expression: str | None = None) -> _Refused:
-    return _Refused(outcome.outcome(kind, message, expression=expression))
+def _refuse(kind: tuple[str, int], message: str, expression: str | None = None) -> outcome.Refusal:
+    return outcome.Refusal(outcome.outcome(kind, message, expression=expression))
 
 
 def fhir_view(
@@ -72,7 +67,7 @@ def fhir_view(
                 return response
             try:
                 return view(request, *args, **kwargs)
-            except _Refused as refused:
+            except outcome.Refusal as refused:
                 return refused.response
             except errors.NotFound as exc:
                 return outcome.outcome(outcome.NOT_FOUND, str(exc))

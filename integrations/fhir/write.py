@@ -29,18 +29,13 @@ def _body(request: HttpRequest) -> Any:
     try:
         return body_read(request)
     except ValueError as exc:
-        raise _Refusal(outcome.outcome(UNSUPPORTED_MEDIA, str(exc))) from None
-
-
-class _Refusal(Exception):
-    def __init__(self, response: HttpResponse) -> None:
-        self.response = response
+        raise outcome.Refusal(outcome.outcome(UNSUPPORTED_MEDIA, str(exc))) from None
 
 
 def _guarded(work: Any) -> HttpResponse:
     try:
         return work()
-    except _Refusal as refusal:
+    except outcome.Refusal as refusal:
         return refusal.response
     except EntryError as exc:
         return _invalid(
@@ -110,7 +105,7 @@ def update(request: HttpRequest, rtype: str, rid: str) -> HttpResponse:
         body = _body(request)
         match = re.fullmatch(r'(?:W/)?"(\d+)"', request.headers.get("If-Match", "").strip())
         if request.headers.get("If-Match") and not match:
-            raise _Refusal(outcome.outcome(outcome.INVALID, 'If-Match must be W/"<versionId>"'))
+            raise outcome.Refusal(outcome.outcome(outcome.INVALID, 'If-Match must be W/"<versionId>"'))
         row, created = fhir_update(rtype, rid, body, if_match=int(match.group(1)) if match else None)
         return _written(row, created, request)
 
