@@ -235,6 +235,22 @@ FHIRAI_INFERENCE_DEVICE = env_str("FHIRAI_INFERENCE_DEVICE", "auto")
 if FHIRAI_INFERENCE_DEVICE not in ("auto", "cpu", "cuda") and not FHIRAI_INFERENCE_DEVICE.startswith("cuda:"):
     raise ImproperlyConfigured("FHIRAI_INFERENCE_DEVICE must be auto, cpu, cuda or cuda:N")
 FHIRAI_WORKER_CONCURRENCY = env_int("FHIRAI_WORKER_CONCURRENCY", 2, minimum=1)
+# --- inference runtime (workers/inference) ---------------------------------------------------------
+# Registered model packages, one directory per name/version; shared by every inference host.
+FHIRAI_MODEL_DIR = Path(env_str("FHIRAI_MODEL_DIR", str(DATA_DIR / "models"))).resolve()
+# Inference worker threads per process: one process per GPU host (CUDA is never forked), many
+# threads feeding each model's micro-batcher, so concurrent tasks share batches.
+FHIRAI_INFERENCE_CONCURRENCY = env_int("FHIRAI_INFERENCE_CONCURRENCY", 16, minimum=1)
+# Models loaded and warmed up when an inference worker starts: "all" (every installed package and
+# built-in model), "" (load on first use) or a comma list of name:version.
+FHIRAI_INFERENCE_PRELOAD = env_str("FHIRAI_INFERENCE_PRELOAD", "all")
+# Status of an AI-generated DiagnosticReport: preliminary (the default: not yet reviewed by a
+# clinician, IHE AI Results) or final, where the site's policy says AI results stand on their own.
+FHIRAI_AI_REPORT_STATUS = env_str("FHIRAI_AI_REPORT_STATUS", "preliminary")
+if FHIRAI_AI_REPORT_STATUS not in ("preliminary", "final"):
+    raise ImproperlyConfigured("FHIRAI_AI_REPORT_STATUS must be preliminary or final")
+# Build a DICOM SR (TID 1500 measurement report) for each image-based AI result, kept with the job.
+FHIRAI_DICOM_SR = env_bool("FHIRAI_DICOM_SR", False)
 
 # --- de-identification ---------------------------------------------------------------------------
 FHIRAI_DEID_SECRET = env_secret("FHIRAI_DEID_SECRET") or _persistent_secret(DATA_DIR / "deid_secret")

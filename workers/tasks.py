@@ -8,6 +8,7 @@ import logging
 from typing import Any
 
 from celery import shared_task
+from celery.signals import celeryd_after_setup
 
 from fhirai import sweep
 from fhirai.context import acks, messages, reports
@@ -24,6 +25,18 @@ RETRY = {
     "retry_backoff_max": 300,
     "max_retries": None,
 }
+
+
+@celeryd_after_setup.connect
+def inference_warm_up(sender: str, instance: Any, **kwargs: Any) -> None:
+    """A worker that consumes the `inference` queue loads and warms up its models before it takes
+    the first task (FHIRAI_INFERENCE_PRELOAD), so no study waits for a model load."""
+    if "inference" not in (instance.app.amqp.queues.consume_from or {}):
+        return
+    from workers.inference.runtime import models_preload
+
+    loaded = models_preload()
+    log.info("inference worker %s ready with %d model(s) loaded", sender, len(loaded))
 
 
 @shared_task(name="workers.tasks.study_deidentify", **RETRY)

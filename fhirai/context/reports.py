@@ -1,7 +1,8 @@
 """Clinical reports (ORU^R01 from the RIS/EHR) on their way to the NLP stage: the whole message is
 de-identified by the site profile (fhirai.deid.hl7v2: field rules, free text through Presidio with
 the message's own identifiers) into the `deid` blob area, its pseudonyms into the vault. Runs as
-its own task after the message is processed, so Presidio never holds up message order."""
+its own task after the message is processed, so Presidio never holds up message order. Once the
+de-identified text is stored, the enabled NLP models for the message type get a job each."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from fhirai.context.models import ClinicalReport
 from fhirai.deid.hl7v2 import message_deidentify
 from fhirai.deid.profile import profile_current
 from fhirai.deid.vault import vault_put
+from fhirai.routing.jobs import report_route
 
 
 def clinical_report_deidentify(report_id: int) -> str:
@@ -38,8 +40,10 @@ def clinical_report_deidentify(report_id: int) -> str:
     with transaction.atomic():
         for alias, original in deid.pseudonyms.items():
             vault_put("patient-id" if alias == deid.patient else "order", pseudonym=alias, original=original)
-        ClinicalReport.objects.filter(pk=report.pk, deid_blob_key="").update(deid_blob_key=key)
+        moved = ClinicalReport.objects.filter(pk=report.pk, deid_blob_key="").update(deid_blob_key=key)
         record("message", message.pk, Event.DEIDENTIFIED, detail=f"report text: {profile.label}")
+        if moved:
+            report_route(report.pk)  # the NLP models that read this kind of report
     return key
 
 

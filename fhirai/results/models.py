@@ -72,7 +72,13 @@ class Delivery(models.Model):
     """One report's hand-off to one destination (an outbox row): attempts, backoff, the peer's answer."""
 
     report = models.ForeignKey(FhirResource, on_delete=models.CASCADE, related_name="deliveries")
-    study = models.ForeignKey("ingest.Study", on_delete=models.CASCADE, related_name="deliveries")
+    # What the report is about: a study (image models) or a clinical report's message (NLP models).
+    study = models.ForeignKey(
+        "ingest.Study", null=True, blank=True, on_delete=models.CASCADE, related_name="deliveries"
+    )
+    message = models.ForeignKey(
+        "ingest.Message", null=True, blank=True, on_delete=models.CASCADE, related_name="deliveries"
+    )
     destination = models.CharField(max_length=64)
     report_version = models.PositiveIntegerField()
     state = models.CharField(max_length=16, choices=DeliveryState.choices, default=DeliveryState.PENDING)

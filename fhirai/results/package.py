@@ -40,6 +40,8 @@ class ObservationPart:
     value: float | str
     unit: str = ""
     status: str = "final"
+    coded: dict[str, str] | None = None  # a coded value (finding present/absent): system, code, display
+    probability: float | None = None
 
 
 @dataclass
@@ -55,6 +57,7 @@ class ReportPackage:
     patient: PatientPart
     order: OrderPart
     observations: list[ObservationPart] = field(default_factory=list)
+    ai_generated: bool = False  # tagged AIAST: the destination is told it is not clinician-reviewed
 
 
 def report_package(report: FhirResource) -> ReportPackage:
@@ -67,14 +70,28 @@ def report_package(report: FhirResource) -> ReportPackage:
         obs = resource_read("Observation", ref["reference"].split("/", 1)[1]).content
         obs_coding = obs["code"]["coding"][0]
         quantity = obs.get("valueQuantity")
+        concept = obs.get("valueCodeableConcept")
+        coded = (concept.get("coding") or [None])[0] if concept else None
+        probability = next(
+            (
+                c["valueQuantity"]["value"]
+                for c in obs.get("component", [])
+                if c.get("code", {}).get("text") == "probability" and "valueQuantity" in c
+            ),
+            None,
+        )
         observations.append(
             ObservationPart(
                 code=obs_coding["code"],
                 display=obs_coding.get("display", obs["code"].get("text", "")),
                 system=obs_coding.get("system", ""),
-                value=quantity["value"] if quantity else obs.get("valueString", ""),
+                value=quantity["value"]
+                if quantity
+                else (concept or {}).get("text", obs.get("valueString", "")),
                 unit=quantity.get("code", "") if quantity else "",
                 status=obs.get("status", "final"),
+                coded=coded,
+                probability=probability,
             )
         )
     return ReportPackage(
@@ -89,6 +106,7 @@ def report_package(report: FhirResource) -> ReportPackage:
         patient=_patient(content, study),
         order=_order(content, study),
         observations=observations,
+        ai_generated=any(t.get("code") == "AIAST" for t in content.get("meta", {}).get("tag", [])),
     )
 
 

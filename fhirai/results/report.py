@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import html
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -37,35 +38,113 @@ OBS_CATEGORY = "http://terminology.hl7.org/CodeSystem/observation-category"
 V2_0074 = "http://terminology.hl7.org/CodeSystem/v2-0074"
 
 
+# IHE AI Results: every resource an AI model asserts is marked as such (HL7 v3 ObservationValue
+# AIAST, "artificial intelligence asserted"), and the report waits for a clinician (preliminary)
+# unless the site's policy says AI results stand as final (FHIRAI_AI_REPORT_STATUS).
+AI_TAG = {
+    "system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue",
+    "code": "AIAST",
+    "display": "Artificial Intelligence asserted",
+}
+AI_NOTE = "AI-generated result, not yet reviewed by a clinician."
+SNOMED = "http://snomed.info/sct"
+# Finding values (SNOMED CT qualifier values): what the model or the report text says of a finding.
+PRESENT = {"system": SNOMED, "code": "52101004", "display": "Present"}
+ABSENT = {"system": SNOMED, "code": "2667000", "display": "Absent"}
+INDETERMINATE = {"system": SNOMED, "code": "82334004", "display": "Indeterminate"}
+
+
+@dataclass
+class ResultContext:
+    """What a report is about and where it goes: a study's images, or a clinical report's text."""
+
+    key: str  # what identifies the report: the same key gives the same resource ids
+    revision: int
+    subject: dict[str, Any]
+    order: Any
+    effective: datetime
+    study: Study | None = None
+    imaging: dict[str, Any] | None = None
+    source_text: str = ""  # for a report read from text: what it was read from
+    tokens: list[Token] = field(default_factory=list)
+
+
+def report_status(revision: int) -> str:
+    if settings.FHIRAI_AI_REPORT_STATUS == "final":
+        return "final" if revision == 1 else "amended"
+    return "preliminary"
+
+
 def report_from_job(job: Any) -> FhirResource:
     """Build, store and queue the report for the study's finished jobs (call inside the transaction
     that recorded the last job's result)."""
     study: Study = job.study
-    model = job.model
     study_uid, subject, order = study_context(study)
+    ctx = ResultContext(
+        key=f"{study_uid}\x1f{job.model.name}\x1f{job.model.version}",
+        revision=study.revision,
+        subject=subject,
+        order=order,
+        effective=study_datetime(study.study_date, study.study_time) or timezone.now(),
+        study=study,
+        imaging=imaging_study_resource(study, study_uid, subject),
+        tokens=[
+            ("study", DICOM_UID_SYSTEM, f"urn:oid:{study_uid}"),
+            ("study", "", study_uid),
+        ],
+    )
+    ctx.tokens.append(("study", "", f"ImagingStudy/{ctx.imaging['id']}"))
+    return result_report_put(job, ctx)
+
+
+def report_from_text_job(job: Any) -> FhirResource:
+    """The report of an NLP model run on a clinical report's text (call inside the transaction that
+    recorded the result): findings read from the EHR's or RIS's own report, as coded Observations
+    with their evidence."""
+    clinical = job.clinical_report
+    message = clinical.message
+    patient = clinical.patient.surviving() if clinical.patient else None
+    order = order_for_accession(clinical.accession) if clinical.accession else None
+    if patient is None and order is not None and order.patient:
+        patient = order.patient.surviving()
+    ctx = ResultContext(
+        key=f"message\x1f{message.sender}\x1f{message.control_id}\x1f{job.model.name}\x1f{job.model.version}",
+        revision=1,
+        subject=patient_reference(patient) if patient else {},
+        order=order,
+        effective=message.received_at,
+        source_text=f"{message.message_type} report {message.control_id} from {message.sender}",
+    )
+    return result_report_put(job, ctx, message_id=message.pk)
+
+
+def result_report_put(job: Any, ctx: ResultContext, *, message_id: int | None = None) -> FhirResource:
+    model = job.model
     now = timezone.now()
-    effective = study_datetime(study.study_date, study.study_time) or now
-    report_key = f"{study_uid}\x1f{model.name}\x1f{model.version}"
-    report_value = stable_id("report", report_key)
+    status = report_status(ctx.revision)
+    report_value = stable_id("report", ctx.key)
     device = device_resource(model)
-    imaging = imaging_study_resource(study, study_uid, subject)
-    observations = [
-        observation_resource(
-            m,
-            model=model,
-            report_value=report_value,
-            subject=subject,
-            device_id=device["id"],
-            effective=effective,
-            issued=now,
-        )
-        for m in job.result.get("measurements", [])
+    common = {
+        "model": model,
+        "report_value": report_value,
+        "subject": ctx.subject,
+        "device_id": device["id"],
+        "effective": ctx.effective,
+        "issued": now,
+        "status": status,
+    }
+    observations = [observation_resource(m, **common) for m in job.result.get("measurements", [])]
+    observations += [
+        finding_observation(f, **common)
+        for f in job.result.get("findings", [])
+        if f.get("status") != "not-mentioned"
     ]
-    report = {
+    report: dict[str, Any] = {
         "resourceType": "DiagnosticReport",
-        "id": report_id(study_uid, model),
+        "id": stable_id("DiagnosticReport", ctx.key),
+        "meta": {"tag": [AI_TAG]},
         "identifier": [{"system": system("report"), "value": report_value}],
-        "status": "final" if study.revision == 1 else "amended",
+        "status": status,
         "category": [
             {
                 "coding": [
@@ -75,22 +154,24 @@ def report_from_job(job: Any) -> FhirResource:
             }
         ],
         "code": model.report_code or {"text": model.title},
-        "subject": subject,
+        **({"subject": ctx.subject} if ctx.subject else {}),
         "performer": [{"type": "Organization", "display": settings.FHIRAI_ORGANIZATION_NAME}],
-        **({"basedOn": [order_reference(order)]} if order else {}),
-        "effectiveDateTime": effective.isoformat(),
+        **({"basedOn": [order_reference(ctx.order)]} if ctx.order else {}),
+        "effectiveDateTime": ctx.effective.isoformat(),
         "issued": now.isoformat(),
-        "imagingStudy": [{"reference": f"ImagingStudy/{imaging['id']}", **_study_identifier(study_uid)}],
         "result": [
             {"reference": f"Observation/{o['id']}", "display": o["code"]["text"]} for o in observations
         ],
         "conclusion": str(job.result.get("conclusion", ""))[:4000] or f"{model.title}: see results.",
     }
-    lines = [report["conclusion"], ""] + [
-        f"{o['code']['text']}: {o['valueQuantity']['value']} {o['valueQuantity']['unit']}"
-        for o in observations
-    ]
-    lines.append(f"\nProduced by {model.title} {model.version} (software, not a clinician).")
+    if ctx.imaging is not None:
+        report["imagingStudy"] = [
+            {"reference": f"ImagingStudy/{ctx.imaging['id']}", **_study_identifier(ctx.study.study_uid)}
+        ]
+    lines = [report["conclusion"], ""] + [observation_line(o) for o in observations]
+    if ctx.source_text:
+        lines.append(f"Read from {ctx.source_text}.")
+    lines.append(f"\nProduced by {model.title} {model.version} (software, not a clinician). {AI_NOTE}")
     report["text"] = {
         "status": "generated",
         "div": '<div xmlns="http://www.w3.org/1999/xhtml">'
@@ -108,8 +189,8 @@ def report_from_job(job: Any) -> FhirResource:
     ]
     provenance = {
         "resourceType": "Provenance",
-        "id": stable_id("Provenance", report_key, str(study.revision)),
-        "meta": {"tag": [{"system": system("report"), "code": f"{report_value}.{study.revision}"}]},
+        "id": stable_id("Provenance", ctx.key, str(ctx.revision)),
+        "meta": {"tag": [{"system": system("report"), "code": f"{report_value}.{ctx.revision}"}, AI_TAG]},
         "target": [{"reference": f"DiagnosticReport/{report['id']}"}]
         + [{"reference": f"Observation/{o['id']}"} for o in observations],
         "recorded": now.isoformat(),
@@ -136,44 +217,61 @@ def report_from_job(job: Any) -> FhirResource:
                 "who": {"reference": f"Device/{device['id']}", "display": f"{model.title} {model.version}"},
             }
         ],
-        "entity": [
+    }
+    if ctx.imaging is not None:
+        provenance["entity"] = [
             {
                 "role": "source",
-                "what": {"reference": f"ImagingStudy/{imaging['id']}", **_study_identifier(study_uid)},
+                "what": {
+                    "reference": f"ImagingStudy/{ctx.imaging['id']}",
+                    **_study_identifier(ctx.study.study_uid),
+                },
             }
-        ],
-    }
-    study_tokens: list[Token] = [
-        ("study", DICOM_UID_SYSTEM, f"urn:oid:{study_uid}"),
-        ("study", "", study_uid),
-        ("study", "", f"ImagingStudy/{imaging['id']}"),
-    ]
+        ]
+    elif ctx.source_text:
+        provenance["entity"] = [{"role": "source", "what": {"display": ctx.source_text}}]
+    study_id = ctx.study.pk if ctx.study is not None else None
     with transaction.atomic():
         # The type's search parameters are indexed by resource_put; these are fhirai's own.
         resource_put(validated(device))
-        resource_put(validated(imaging), study_id=study.pk)
+        if ctx.imaging is not None:
+            resource_put(validated(ctx.imaging), study_id=study_id)
         for obs in observations:
-            resource_put(validated(obs), study_id=study.pk)
-        row = resource_put(validated(report), study_id=study.pk, tokens=study_tokens)
+            resource_put(validated(obs), study_id=study_id)
+        row = resource_put(validated(report), study_id=study_id, tokens=ctx.tokens)
         resource_put(
             validated(provenance),
-            study_id=study.pk,
+            study_id=study_id,
             tokens=[("_tag", system("report"), provenance["meta"]["tag"][0]["code"])],
         )
-        queued = deliveries_create(row, study)
+        queued = deliveries_create(row, ctx.study, message_id=message_id)
         detail = f"DiagnosticReport/{row.rid} v{row.version_id}, {len(observations)} observations" + (
             f"; {queued} write-back(s) queued" if queued else ""
         )
+        if ctx.study is None:
+            record("message", message_id or 0, Event.REPORTED, detail=detail)
+            return row
         moved = study_transition(
-            study.pk,
+            ctx.study.pk,
             from_states=[StudyState.QUEUED, StudyState.WRITTEN_BACK],
             to=StudyState.REPORTED,
             event=Event.REPORTED,
             detail=detail,
         )
         if not moved:
-            record("study", study.pk, Event.REPORTED, detail=detail)
+            record("study", ctx.study.pk, Event.REPORTED, detail=detail)
     return row
+
+
+def observation_line(obs: dict[str, Any]) -> str:
+    """One line of the narrative for an Observation."""
+    if "valueQuantity" in obs:
+        return f"{obs['code']['text']}: {obs['valueQuantity']['value']} {obs['valueQuantity']['unit']}"
+    value = obs["valueCodeableConcept"]["text"]
+    extra = [
+        f"probability {c['valueQuantity']['value']}" for c in obs.get("component", []) if "valueQuantity" in c
+    ]
+    return f"{obs['code']['text']}: {value}" + (f" ({', '.join(extra)})" if extra else "")
 
 
 def report_id(study_uid: str, model: Any) -> str:
@@ -314,18 +412,21 @@ def observation_resource(
     device_id: str,
     effective: datetime,
     issued: datetime,
+    status: str = "final",
 ) -> dict[str, Any]:
     """One measurement as an imaging Observation with a UCUM quantity, coded from the model's record."""
     name = measurement["name"]
-    spec = (model.outputs or {}).get(name)
+    outputs = model.outputs or {}
+    spec = outputs.get("measurements", outputs).get(name)
     if spec is None:
         raise ValueError(f"model {model} returned {name!r}, which its record does not declare")
     value = round(float(measurement["value"]), int(spec.get("decimals", 2)))
     return {
         "resourceType": "Observation",
         "id": stable_id("Observation", report_value, name),
+        "meta": {"tag": [AI_TAG]},
         "identifier": [{"system": system("observation"), "value": f"{report_value}.{name}"}],
-        "status": "final",
+        "status": status,
         "category": [{"coding": [{"system": OBS_CATEGORY, "code": "imaging", "display": "Imaging"}]}],
         "code": {"coding": [spec["coding"]], "text": spec["coding"].get("display", name)},
         "subject": subject,
@@ -334,3 +435,77 @@ def observation_resource(
         "valueQuantity": {"value": value, "unit": spec["unit"], "system": UCUM, "code": spec["unit"]},
         "device": {"reference": f"Device/{device_id}"},
     }
+
+
+def finding_observation(
+    finding: dict[str, Any],
+    *,
+    model: Any,
+    report_value: str,
+    subject: dict[str, Any],
+    device_id: str,
+    effective: datetime,
+    issued: datetime,
+    status: str = "final",
+) -> dict[str, Any]:
+    """One coded finding (IHE AI Results: one Observation per finding): the finding's code, whether
+    it is present, absent or indeterminate, and how the model knows: a classifier's probability and
+    threshold as components, or the sentences of the report text it was read from as notes."""
+    name = str(finding["name"])
+    coding = dict(finding["coding"])
+    if "probability" in finding:
+        value = PRESENT if finding.get("present") else ABSENT
+    else:
+        value = {"affirmed": PRESENT, "negated": ABSENT}.get(finding.get("status", ""), INDETERMINATE)
+    obs: dict[str, Any] = {
+        "resourceType": "Observation",
+        "id": stable_id("Observation", report_value, name),
+        "meta": {"tag": [AI_TAG]},
+        "identifier": [{"system": system("observation"), "value": f"{report_value}.{name}"}],
+        "status": status,
+        "category": [{"coding": [{"system": OBS_CATEGORY, "code": "imaging", "display": "Imaging"}]}],
+        "code": {"coding": [coding], "text": coding.get("display", name)},
+        **({"subject": subject} if subject else {}),
+        "effectiveDateTime": effective.isoformat(),
+        "issued": issued.isoformat(),
+        "valueCodeableConcept": {"coding": [value], "text": value["display"]},
+        "device": {"reference": f"Device/{device_id}"},
+        "note": [{"text": AI_NOTE}],
+    }
+    if "probability" in finding:
+        obs["method"] = {"text": f"{model.title} {model.version}: image classifier"}
+        obs["component"] = [
+            {
+                "code": {"text": "probability"},
+                "valueQuantity": {
+                    "value": round(float(finding["probability"]), 4),
+                    "unit": "1",
+                    "system": UCUM,
+                    "code": "1",
+                },
+            },
+            {
+                "code": {"text": "decision threshold"},
+                "valueQuantity": {
+                    "value": round(float(finding.get("threshold", 0.5)), 4),
+                    "unit": "1",
+                    "system": UCUM,
+                    "code": "1",
+                },
+            },
+        ]
+    else:
+        obs["method"] = {"text": f"{model.title} {model.version}: clinical NLP (target rules with ConText)"}
+        for mention in finding.get("mentions", [])[:5]:
+            flags = [
+                k for k in ("negated", "uncertain", "historical", "hypothetical", "family") if mention.get(k)
+            ]
+            obs["note"].append(
+                {
+                    "text": f'Evidence: "{str(mention.get("sentence") or mention.get("text", ""))[:300]}"'
+                    + f" (characters {mention.get('start')}-{mention.get('end')} of the de-identified text"
+                    + (f"; {', '.join(flags)}" if flags else "")
+                    + ")"
+                }
+            )
+    return obs

@@ -9,6 +9,7 @@ from typing import Any
 
 from django.utils import timezone
 
+from fhirai.context.records import patient_reference
 from fhirai.results.models import FhirResource
 from fhirai.results.report import (
     device_resource,
@@ -26,6 +27,8 @@ TASK_CODE = "http://hl7.org/fhir/CodeSystem/task-code"
 
 def job_task_put(job: Any) -> FhirResource:
     """Write (a new version of) the job's Task; call inside the transaction that changed the job."""
+    if job.clinical_report_id is not None:
+        return _text_job_task_put(job)
     study, model = job.study, job.model
     study_uid, subject, order = study_context(study)
     device = device_resource(model)
@@ -74,3 +77,48 @@ def job_task_put(job: Any) -> FhirResource:
             }
         ]
     return resource_put(validated(task), study_id=study.pk)
+
+
+def _text_job_task_put(job: Any) -> FhirResource:
+    """The Task of an NLP job on a clinical report's text."""
+    model, clinical = job.model, job.clinical_report
+    message = clinical.message
+    device = device_resource(model)
+    resource_put(validated(device))
+    patient = clinical.patient.surviving() if clinical.patient else None
+    key = f"message\x1f{message.sender}\x1f{message.control_id}\x1f{model.name}\x1f{model.version}"
+    task: dict[str, Any] = {
+        "resourceType": "Task",
+        "id": stable_id("Task", key),
+        "identifier": [{"system": system("job"), "value": stable_id("job", key)}],
+        "status": STATUS.get(job.state, "in-progress"),
+        "businessStatus": {"text": f"{job.state}, attempt {job.attempts}"},
+        "intent": "order",
+        "code": {
+            "coding": [{"system": TASK_CODE, "code": "fulfill", "display": "Fulfill the focal request"}],
+            "text": f"AI inference: {model.title}",
+        },
+        "description": f"{model.title} {model.version} on the de-identified text of "
+        f"{message.message_type} {message.control_id} from {message.sender}",
+        "authoredOn": job.dispatched_at.isoformat(),
+        "lastModified": timezone.now().isoformat(),
+        "owner": {"reference": f"Device/{device['id']}", "display": f"{model.title} {model.version}"},
+        "executionPeriod": {
+            "start": job.dispatched_at.isoformat(),
+            **({"end": job.finished_at.isoformat()} if job.finished_at else {}),
+        },
+    }
+    if patient is not None:
+        task["for"] = patient_reference(patient)
+    if job.state == "failed" and job.error:
+        task["statusReason"] = {"text": job.error[:500]}
+    report = stable_id("DiagnosticReport", key)
+    if (
+        job.state == "done"
+        and FhirResource.objects.filter(resource_type="DiagnosticReport", rid=report).exists()
+    ):
+        task["focus"] = {"reference": f"DiagnosticReport/{report}"}
+        task["output"] = [
+            {"type": {"text": "AI result"}, "valueReference": {"reference": f"DiagnosticReport/{report}"}}
+        ]
+    return resource_put(validated(task))

@@ -92,8 +92,9 @@ def destinations() -> list[str]:
     return names + [f"{MLLP_PREFIX}{name}" for name in settings.FHIRAI_HL7_PEERS]
 
 
-def deliveries_create(report: FhirResource, study: Study) -> int:
-    """Queue this report version for every configured destination; returns how many."""
+def deliveries_create(report: FhirResource, study: Study | None, *, message_id: int | None = None) -> int:
+    """Queue this report version for every configured destination; returns how many. The report
+    is about a study, or (NLP on a clinical report) about the message that carried the report."""
     now = timezone.now()
     names = destinations()
     for name in names:
@@ -101,7 +102,7 @@ def deliveries_create(report: FhirResource, study: Study) -> int:
             report=report,
             destination=name,
             report_version=report.version_id,
-            defaults={"study": study, "created_at": now, "next_attempt_at": now},
+            defaults={"study": study, "message_id": message_id, "created_at": now, "next_attempt_at": now},
         )
         if created:
             dispatch_on_commit(TASK_DELIVER, delivery.pk)
@@ -167,11 +168,7 @@ def delivery_attempt(delivery_id: int) -> None:
         if not outcome.delivered:
             delivery.state = DeliveryState.FAILED
             delivery.save()
-            study_fail(
-                delivery.study_id,
-                error=f"{delivery.destination} refused the report: {answer}",
-                from_states=[StudyState.REPORTED, StudyState.WRITTEN_BACK],
-            )
+            _delivery_failed(delivery, f"{delivery.destination} refused the report: {answer}")
             return
         delivery.state, delivery.delivered_at = DeliveryState.DELIVERED, timezone.now()
         delivery.save()
@@ -179,7 +176,9 @@ def delivery_attempt(delivery_id: int) -> None:
         open_ones = Delivery.objects.filter(
             report_id=delivery.report_id, report_version=delivery.report_version
         )
-        if open_ones.exclude(state=DeliveryState.DELIVERED).exists():
+        if delivery.study_id is None:
+            record("message", delivery.message_id or 0, Event.WRITTEN_BACK, detail=detail)
+        elif open_ones.exclude(state=DeliveryState.DELIVERED).exists():
             record("study", delivery.study_id, Event.WRITTEN_BACK, detail=detail)
         else:
             study_transition(
@@ -191,6 +190,21 @@ def delivery_attempt(delivery_id: int) -> None:
             )
 
 
+def _timeline_of(delivery: Delivery) -> tuple[str, int]:
+    if delivery.study_id is not None:
+        return "study", delivery.study_id
+    return "message", delivery.message_id or 0
+
+
+def _delivery_failed(delivery: Delivery, error: str) -> None:
+    """A destination refused or stayed unreachable: the study fails visibly (a clinical report's
+    NLP result: its message's timeline says so)."""
+    if delivery.study_id is None:
+        record("message", delivery.message_id or 0, Event.FAILED, error=error)
+        return
+    study_fail(delivery.study_id, error=error, from_states=[StudyState.REPORTED, StudyState.WRITTEN_BACK])
+
+
 def _delivery_retry_later(delivery: Delivery, attempts: int, error: str) -> None:
     now = timezone.now()
     give_up = delivery.created_at + timedelta(seconds=settings.FHIRAI_WRITEBACK_GIVE_UP_SECONDS)
@@ -199,11 +213,10 @@ def _delivery_retry_later(delivery: Delivery, attempts: int, error: str) -> None
         if now >= give_up:
             delivery.state = DeliveryState.FAILED
             delivery.save()
-            study_fail(
-                delivery.study_id,
-                error=f"{delivery.destination} unreachable for "
+            _delivery_failed(
+                delivery,
+                f"{delivery.destination} unreachable for "
                 f"{settings.FHIRAI_WRITEBACK_GIVE_UP_SECONDS:.0f} s: {error[:300]}",
-                from_states=[StudyState.REPORTED, StudyState.WRITTEN_BACK],
             )
             return
         delivery.state = DeliveryState.PENDING
@@ -211,8 +224,7 @@ def _delivery_retry_later(delivery: Delivery, attempts: int, error: str) -> None
         delivery.save()
         if attempts == 1 or attempts % 10 == 0:
             record(
-                "study",
-                delivery.study_id,
+                *_timeline_of(delivery),
                 Event.RETRIED,
                 detail=f"{delivery.destination} attempt {attempts} failed; next in {backoff(attempts):.0f} s",
                 error=error[:500],

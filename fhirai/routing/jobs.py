@@ -12,13 +12,15 @@ from django.utils import timezone
 
 from fhirai.audit.timeline import Event, record
 from fhirai.celery import TASK_INFER, dispatch_on_commit
+from fhirai.context.models import ClinicalReport
+from fhirai.deid.vault import vault_lookup
 from fhirai.errors import NotFound
 from fhirai.ingest.models import Study, StudyState
 from fhirai.ingest.state import study_fail, study_transition
-from fhirai.results.report import report_from_job, study_reidentify
+from fhirai.results.report import report_from_job, report_from_text_job, study_reidentify
 from fhirai.results.task import job_task_put
 from fhirai.routing.models import InferenceJob, JobState
-from fhirai.routing.rules import model_inputs, study_models
+from fhirai.routing.rules import model_inputs, report_models, study_models
 
 log = logging.getLogger(__name__)
 MAX_ATTEMPTS = 3
@@ -68,6 +70,33 @@ def study_route(study_id: int) -> None:
             job_dispatch(job)
 
 
+def report_route(report_id: int) -> int:
+    """Queue the enabled NLP models that read this clinical report's message type, on its
+    de-identified text; returns how many jobs were created."""
+    report = ClinicalReport.objects.select_related("message").filter(pk=report_id).first()
+    if report is None or not report.deid_blob_key:
+        return 0
+    created = 0
+    for model in report_models(report.message.message_type):
+        try:
+            with transaction.atomic():
+                job = InferenceJob.objects.create(
+                    clinical_report=report,
+                    model=model,
+                    revision=1,
+                    inputs=[report.deid_blob_key],
+                    dispatched_at=timezone.now(),
+                    attempts=1,
+                )
+        except IntegrityError:
+            continue
+        record("message", report.message_id, Event.QUEUED, detail=f"report text to {model}")
+        job_task_put(job)
+        job_dispatch(job)
+        created += 1
+    return created
+
+
 def job_dispatch(job: InferenceJob) -> None:
     """Queue the model run. The message names the model and the de-identified blob keys: ids and
     content hashes only (invariant 3)."""
@@ -79,12 +108,15 @@ def job_record_result(job_id: int, output: dict[str, Any]) -> None:
     same result changes nothing."""
     with transaction.atomic():
         job = (
-            InferenceJob.objects.select_for_update()
+            InferenceJob.objects.select_for_update(of=("self",))
             .select_related("study", "model")
             .filter(pk=job_id)
             .first()
         )
         if job is None or job.state != JobState.QUEUED:
+            return
+        if job.clinical_report_id is not None:
+            _text_job_record_result(job, output)
             return
         study = job.study
         if study.revision != job.revision or study.state != StudyState.QUEUED:
@@ -117,11 +149,49 @@ def job_record_result(job_id: int, output: dict[str, Any]) -> None:
             job_task_put(done)  # completed, with the report as output
 
 
+def _text_job_record_result(job: InferenceJob, output: dict[str, Any]) -> None:
+    """An NLP model's findings on a clinical report: check that the pseudonymous patient it names
+    is the report's (through the vault), then build the report of findings."""
+    clinical = ClinicalReport.objects.select_related("message", "patient").get(pk=job.clinical_report_id)
+    subject = output.pop("subject", None) or {}
+    if clinical.patient is not None and subject.get("patient_id"):
+        try:
+            original = vault_lookup("patient-id", subject["patient_id"], purpose="write-back")
+        except NotFound as exc:
+            _text_job_fail(job, clinical, str(exc))
+            return
+        if original.rpartition("\x1f")[2] != clinical.patient.mrn:
+            _text_job_fail(job, clinical, "the result names another patient than the report's")
+            return
+    job.state, job.result, job.finished_at = JobState.DONE, output, timezone.now()
+    job.save(update_fields=["state", "result", "finished_at"])
+    record("message", clinical.message_id, Event.INFERRED, detail=f"{job.model} job {job.pk}")
+    job.clinical_report = clinical
+    report_from_text_job(job)
+    job_task_put(job)
+
+
+def _text_job_fail(job: InferenceJob, clinical: ClinicalReport, error: str) -> None:
+    job.state, job.error, job.finished_at = JobState.FAILED, error[:2000], timezone.now()
+    job.save(update_fields=["state", "error", "finished_at"])
+    job_task_put(job)
+    record(
+        "message", clinical.message_id, Event.FAILED, detail=f"{job.model} job {job.pk}", error=error[:500]
+    )
+
+
 def job_fail(job_id: int, error: str) -> None:
     """A model could not run on this input: the job and the study fail visibly with the error."""
     with transaction.atomic():
-        job = InferenceJob.objects.select_for_update().filter(pk=job_id, state=JobState.QUEUED).first()
+        job = (
+            InferenceJob.objects.select_for_update(of=("self",))
+            .filter(pk=job_id, state=JobState.QUEUED)
+            .first()
+        )
         if job is None:
+            return
+        if job.clinical_report_id is not None:
+            _text_job_fail(job, ClinicalReport.objects.get(pk=job.clinical_report_id), error)
             return
         job.state, job.error, job.finished_at = JobState.FAILED, error[:2000], timezone.now()
         job.save(update_fields=["state", "error", "finished_at"])
@@ -157,8 +227,7 @@ def job_retry(job: InferenceJob) -> int:
         if not moved:
             return 0
         record(
-            "study",
-            job.study_id,
+            *(("study", job.study_id) if job.study_id else ("message", job.clinical_report.message_id)),
             Event.RETRIED,
             detail=f"job {job.pk} dispatched again (attempt {job.attempts + 1})",
         )

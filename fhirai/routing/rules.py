@@ -1,9 +1,10 @@
 """Which registered, enabled model gets which study, and which of its instances it reads.
 
 A model's `accepts` record names modalities, body parts (BodyPartExamined) and description
-keywords; a study matches when its modality is accepted and either its body part or its study
-description names one of the accepted regions. The model reads one series: the largest series of
-an accepted modality (localizers and dose screens are small series of their own)."""
+keywords, and optionally SOP classes; a study matches when its modality is accepted and either its
+body part or its study description names one of the accepted regions. The model reads one series:
+the largest series of an accepted modality and SOP class (localizers and dose screens are small
+series of their own). NLP models accept HL7 message types instead and read clinical reports."""
 
 from __future__ import annotations
 
@@ -16,11 +17,22 @@ WITHHELD = "-"  # deid_blob_key of an instance de-identification withheld (burne
 
 
 def study_models(study: Study) -> list[ModelRecord]:
-    """The enabled models that accept this study."""
+    """The enabled image models that accept this study."""
     return [
         m
-        for m in ModelRecord.objects.filter(enabled=True).order_by("name", "version")
+        for m in ModelRecord.objects.filter(enabled=True).exclude(task="nlp").order_by("name", "version")
         if _accepts(m, study) and model_inputs(m, study)
+    ]
+
+
+def report_models(message_type: str) -> list[ModelRecord]:
+    """The enabled NLP models that read reports carried by this message type: an accepted type
+    matches exactly (ORU^R01) or by its message code alone (ORU)."""
+    code = message_type.split("^")[0].upper()
+    return [
+        m
+        for m in ModelRecord.objects.filter(enabled=True, task="nlp").order_by("name", "version")
+        if any(t.upper() in (message_type.upper(), code) for t in (m.accepts or {}).get("message_types", []))
     ]
 
 
@@ -36,13 +48,18 @@ def _accepts(model: ModelRecord, study: Study) -> bool:
     return any(region in text for region in regions)
 
 
+def _sop_accepted(model: ModelRecord, instance: Instance) -> bool:
+    sop_classes = (model.accepts or {}).get("sop_classes", [])
+    return not sop_classes or instance.sop_class_uid in sop_classes
+
+
 def model_inputs(model: ModelRecord, study: Study) -> list[Instance]:
     """The de-identified instances of the series the model reads (largest accepted series)."""
     modalities = {m.upper() for m in (model.accepts or {}).get("modalities", [])}
     instances = [
         i
         for i in study.instances.exclude(deid_blob_key__in=("", WITHHELD)).order_by("id")
-        if not modalities or i.modality.upper() in modalities
+        if (not modalities or i.modality.upper() in modalities) and _sop_accepted(model, i)
     ]
     if not instances:
         return []

@@ -4,7 +4,9 @@ MSH (fhirai as sender, UTF-8 declared in MSH-18, original acknowledgment mode), 
 MRN with its assigning authority, name, birth date, sex), ORC|RE with the order's placer/filler
 numbers, OBR (procedure, placer/filler, OBR-18 accession, OBR-22 issued, OBR-25 result status F or
 C for an amended report), then one OBX per Observation with its value type (NM with UCUM units in
-OBX-6, ST/TX for text) and a TX OBX for the conclusion. The peer's ACK decides: AA/CA delivered,
+OBX-6, ST/TX for text, CWE for a coded finding such as SNOMED CT Present/Absent) and a TX OBX for
+the conclusion. An AI-generated report carries an NTE after OBR saying it is not yet reviewed by
+a clinician, and OBR-25/OBX-11 = P while the site keeps AI reports preliminary. The peer's ACK decides: AA/CA delivered,
 AE/AR/CE/CR refused (a visible failure), no answer retried."""
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ from zoneinfo import ZoneInfo
 from django.conf import settings
 
 from fhirai.errors import Unavailable
-from fhirai.results.package import ReportPackage
+from fhirai.results.package import ObservationPart, ReportPackage
+from fhirai.results.report import AI_NOTE
 from fhirai.results.writeback import Outcome
 from integrations.hl7 import ack
 from integrations.hl7.ack import escape as e
@@ -140,14 +143,24 @@ def oru_build(package: ReportPackage, *, peer: str) -> str:
             ]
         ),
     ]
+    if package.ai_generated:
+        # IHE AI Results: the receiver is told the result is machine-generated and unreviewed
+        # (and OBR-25/OBX-11 say P while the site's policy keeps AI reports preliminary).
+        segments.append(f"NTE|1|L|{e(AI_NOTE)}|RE^Remark^HL70364")
     rows = [
-        (obs.code, obs.display, obs.system, obs.value, obs.unit, RESULT_STATUS.get(obs.status, status))
+        (obs.code, obs.display, obs.system, obs, obs.unit, RESULT_STATUS.get(obs.status, status))
         for obs in package.observations
     ]
     if package.conclusion:
         rows.append(("conclusion", "Conclusion", "", package.conclusion, "", status))
     for n, (code, display, system, value, unit, obs_status) in enumerate(rows, start=1):
-        value_type, text = _value(value)
+        if isinstance(value, ObservationPart) and value.coded:
+            value_type = "CWE"
+            text = _cwe(
+                value.coded.get("code", ""), value.coded.get("display", ""), value.coded.get("system", "")
+            )
+        else:
+            value_type, text = _value(value.value if isinstance(value, ObservationPart) else value)
         units = f"{e(unit)}^{e(unit)}^UCUM" if unit else ""
         segments.append(
             "|".join(

@@ -25,6 +25,7 @@ def ensure_reference_model() -> None:
     """The ct-lung-quant record the data migration registers: transactional tests flush tables
     between tests (migration data included), so put it back the way the migration does."""
     importlib.import_module("fhirai.routing.migrations.0002_ct_lung_quant").register(apps, None)
+    importlib.import_module("fhirai.routing.migrations.0003_model_packages").measurements_nested(apps, None)
 
 
 def complete_and_deidentify(study: Study, settings: Any) -> InferenceJob | None:

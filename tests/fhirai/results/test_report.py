@@ -18,7 +18,9 @@ def test_report_carries_the_models_values_for_the_original_patient_and_study(pha
     assert study.state == StudyState.REPORTED
     report = FhirResource.objects.get(resource_type="DiagnosticReport").content
     DiagnosticReport.model_validate(report)
-    assert report["status"] == "final"
+    # IHE AI Results: preliminary until a clinician reviews it (the default policy), marked AI-asserted.
+    assert report["status"] == "preliminary"
+    assert {"code": "AIAST"}.items() <= report["meta"]["tag"][0].items()
     assert report["subject"]["identifier"]["value"] == "MRN-7734921"
     assert (
         report["imagingStudy"][0]["identifier"]["value"]
@@ -30,6 +32,7 @@ def test_report_carries_the_models_values_for_the_original_patient_and_study(pha
     for ref in report["result"]:
         obs = resource_read(*ref["reference"].split("/")).content
         assert obs["subject"] == report["subject"] and obs["device"]["reference"].startswith("Device/")
+        assert obs["status"] == "preliminary" and obs["meta"]["tag"][0]["code"] == "AIAST"
         values[obs["valueQuantity"]["code"]] = obs["valueQuantity"]["value"]
     assert values["mL"] == pytest.approx(phantom.lung_volume_ml, rel=0.02)
     assert values["%"] == pytest.approx(phantom.laa950_pct, abs=0.5)
@@ -54,3 +57,10 @@ def test_resending_a_reported_study_creates_no_new_job(phantom, settings, blob_d
     again = pipeline.receive(phantom)
     assert again.pk == study.pk and again.state == StudyState.REPORTED
     assert InferenceJob.objects.count() == 1
+
+
+def test_a_site_whose_policy_lets_ai_results_stand_gets_final_reports(phantom, settings, blob_dir):
+    settings.FHIRAI_AI_REPORT_STATUS = "final"
+    pipeline.run_all(phantom, settings)
+    report = FhirResource.objects.get(resource_type="DiagnosticReport").content
+    assert report["status"] == "final" and report["meta"]["tag"][0]["code"] == "AIAST"

@@ -46,10 +46,12 @@ def test_oru_reaches_the_peer_with_order_numbers_and_typed_observations(reported
     assert msh[8] == "ORU^R01^ORU_R01" and msh[11] == "2.5.1" and msh[17] == "UNICODE UTF-8"
     assert pid[3] == "MRN-4411^^^HOSP^MR" and pid[5] == "Examplo^Berta M" and pid[7] == "19610704"
     assert orc[1:4] == ["RE", "PL-77", "FL-88"]
-    assert obr[2:5] == ["PL-77", "FL-88", "CTCHEST^CT Chest^L"] and obr[18] == "ACC-9001" and obr[25] == "F"
+    assert obr[2:5] == ["PL-77", "FL-88", "CTCHEST^CT Chest^L"] and obr[18] == "ACC-9001" and obr[25] == "P"
     numeric = [o for o in seg["OBX"] if o[2] == "NM"]
     assert {o[6] for o in numeric} == {"mL^mL^UCUM", "%^%^UCUM"}
-    assert all(o[11] == "F" for o in seg["OBX"]) and seg["OBX"][-1][2] in ("ST", "TX")
+    assert all(o[11] == "P" for o in seg["OBX"]) and seg["OBX"][-1][2] in ("ST", "TX")
+    # IHE AI Results: the EHR is told this is machine-generated and not yet reviewed.
+    assert "not yet reviewed by a clinician" in seg["NTE"][0][3]
 
 
 def test_a_refusing_peer_is_a_visible_failure(reported):

@@ -73,8 +73,22 @@ def children() -> list[Child]:
                 str(settings.CELERY_BEAT_SCHEDULE_FILENAME),
             ],
         ),
-        # solo pool: the model loads once in this process and CUDA is never forked (issue 7 adds pools).
-        Child("worker-inference", [*celery, "-Q", "inference", "-n", "inference@%h", "-P", "solo"]),
+        # threads pool: one process (each model loads once, CUDA is never forked), many task threads
+        # whose requests each model's micro-batcher gathers into batches.
+        Child(
+            "worker-inference",
+            [
+                *celery,
+                "-Q",
+                "inference",
+                "-n",
+                "inference@%h",
+                "-P",
+                "threads",
+                "-c",
+                str(settings.FHIRAI_INFERENCE_CONCURRENCY),
+            ],
+        ),
     ]
 
 
