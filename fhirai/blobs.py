@@ -16,7 +16,7 @@ from django.conf import settings
 
 from fhirai.errors import NotFound, Unavailable
 
-AREAS = ("raw", "deid", "rejected")
+AREAS = ("raw", "deid", "rejected", "out")  # out: identified outputs built here (DICOM SR)
 
 
 def _root() -> Path:

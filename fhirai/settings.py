@@ -400,6 +400,7 @@ LOGGING = {
         "celery.beat": {"level": "WARNING"},
         # Presidio logs every ad-hoc recognizer it builds (per text): keep its errors only.
         "presidio-analyzer": {"level": "ERROR"},
+        "highdicom": {"level": "WARNING"},  # logs source SOP Instance UIDs at INFO
         "presidio-anonymizer": {"level": "ERROR"},
     },
 }

@@ -9,13 +9,16 @@ import base64
 import html
 from dataclasses import dataclass, field
 from datetime import datetime
+from io import BytesIO
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
+from pydicom import dcmread
 
+from fhirai import blobs
 from fhirai.audit.timeline import Event, record
 from fhirai.context.records import (
     order_for_accession,
@@ -24,7 +27,7 @@ from fhirai.context.records import (
     patient_reference,
 )
 from fhirai.deid.vault import vault_lookup
-from fhirai.ingest.models import Study, StudyState
+from fhirai.ingest.models import Instance, Study, StudyState
 from fhirai.ingest.state import study_transition
 from fhirai.results.models import FhirResource
 from fhirai.results.resources import stable_id, system, validated
@@ -94,7 +97,41 @@ def report_from_job(job: Any) -> FhirResource:
         ],
     )
     ctx.tokens.append(("study", "", f"ImagingStudy/{ctx.imaging['id']}"))
-    return result_report_put(job, ctx)
+    row = result_report_put(job, ctx)
+    if settings.FHIRAI_DICOM_SR and job.model.task in ("classification", "quantification"):
+        job_sr_store(job, status=report_status(study.revision))
+    return row
+
+
+def job_sr_store(job: Any, *, status: str) -> str:
+    """The job's result as a DICOM SR (TID 1500) built from the identified originals of the
+    instances the model read, kept in the `out` blob area; returns its key. The SR's UIDs derive
+    from the study, model and revision, so a rebuild replaces the same object."""
+    from fhirai.results.sr import sr_build, sr_bytes  # highdicom loads only where SR is wanted
+
+    instances = list(Instance.objects.filter(study=job.study, deid_blob_key__in=job.inputs).order_by("id"))
+    if not instances:
+        return ""
+    originals = [dcmread(BytesIO(blobs.get(i.blob_key)), stop_before_pixels=True) for i in instances]
+    # Findings name the de-identified SOP Instance UID they were seen on; map it to the original.
+    deid_uids = [
+        str(dcmread(BytesIO(blobs.get(i.deid_blob_key)), stop_before_pixels=True).SOPInstanceUID)
+        for i in instances
+    ]
+    sr = sr_build(
+        source=originals[0],
+        result=job.result,
+        model=job.model,
+        instance_number=job.revision,
+        status=status,
+        instance_map=dict(zip(deid_uids, originals, strict=True)),
+        evidence=originals[1:],
+        created=job.finished_at,
+    )
+    key = blobs.put(sr_bytes(sr), area="out")
+    InferenceJob.objects.filter(pk=job.pk).update(sr_blob_key=key)
+    record("study", job.study.pk, Event.REPORTED, detail=f"DICOM SR (TID 1500) {sr.SOPInstanceUID} built")
+    return key
 
 
 def report_from_text_job(job: Any) -> FhirResource:

@@ -64,3 +64,20 @@ def test_a_site_whose_policy_lets_ai_results_stand_gets_final_reports(phantom, s
     pipeline.run_all(phantom, settings)
     report = FhirResource.objects.get(resource_type="DiagnosticReport").content
     assert report["status"] == "final" and report["meta"]["tag"][0]["code"] == "AIAST"
+
+
+def test_a_dicom_sr_is_built_for_the_real_study_when_the_site_asks(phantom, settings, blob_dir):
+    from io import BytesIO
+
+    from pydicom import dcmread
+
+    from fhirai import blobs
+
+    settings.FHIRAI_DICOM_SR = True
+    study = pipeline.run_all(phantom, settings)
+    job = InferenceJob.objects.get(study=study)
+    assert job.sr_blob_key.startswith("out/")
+    sr = dcmread(BytesIO(blobs.get(job.sr_blob_key)))
+    assert sr.StudyInstanceUID == phantom.identifiers["StudyInstanceUID"]  # re-identified: the real study
+    assert sr.PatientID == "MRN-7734921" and sr.VerificationFlag == "UNVERIFIED"
+    assert sr.ContentTemplateSequence[0].TemplateIdentifier == "1500"
