@@ -156,11 +156,54 @@ def _date(value: str, d: _Delims, shift: int, *, birth: bool) -> str:
 
 
 def _clean(value: str, d: _Delims, known: Known) -> str:
+    """Free text through Presidio as the reader would see it: formatting escapes become line
+    breaks (so a name is never glued to the next line's words) and hex escapes characters; the
+    result is escaped again, line breaks as \\.br\\ (HL7 v2.5.1 2.7.6)."""
     reps = []
     for rep in value.split(d.repetition):
-        scrubbed = text_scrub(_unescape(rep, d), known).text
-        reps.append(_escape(scrubbed, d))
+        scrubbed = text_scrub(_text_unescape(rep, d), known).text
+        reps.append(_escape(scrubbed, d).replace("\n", f"{d.escape}.br{d.escape}"))
     return d.repetition.join(reps)
+
+
+def _text_unescape(value: str, d: _Delims) -> str:
+    """A TX/FT/ST value as text: delimiter escapes decoded, \\.br\\ / \\.sp n\\ / \\.ce\\ as line
+    breaks, \\Xhh..\\ as the bytes' characters (UTF-8, else Latin-1), other formatting (\\H\\,
+    \\N\\, \\.in\\, \\.ti\\, \\.fi\\, \\.nf\\, \\Z..\\) dropped; a lone escape character stays."""
+    e = d.escape
+    simple = {"F": d.field, "S": d.component, "R": d.repetition, "T": d.subcomponent, "E": e}
+    out: list[str] = []
+    i = 0
+    while i < len(value):
+        end = value.find(e, i + 1) if value[i] == e else -1
+        if end < 0:
+            out.append(value[i])
+            i += 1
+            continue
+        code = value[i + 1 : end]
+        if code in simple:
+            out.append(simple[code])
+        elif code == ".br" or code == ".ce":
+            out.append("\n")
+        elif code.startswith(".sp"):
+            count = code[3:].strip()
+            out.append("\n" * (int(count) if count.isdigit() else 1))
+        elif code[:1] == "X" and len(code) > 1 and len(code) % 2 == 1:
+            try:
+                raw = bytes.fromhex(code[1:])
+            except ValueError:
+                out.append(value[i : end + 1])
+            else:
+                try:
+                    out.append(raw.decode("utf-8"))
+                except UnicodeDecodeError:
+                    out.append(raw.decode("latin-1"))
+        elif code in ("H", "N") or code[:1] in (".", "Z", "C", "M"):
+            pass  # formatting and character-set switches: nothing a reader needs
+        else:
+            out.append(value[i : end + 1])
+        i = end + 1
+    return "".join(out)
 
 
 def _unescape(value: str, d: _Delims) -> str:

@@ -84,9 +84,7 @@ def _construct(name: str, version: str) -> Runnable:
     if manifest.task == "nlp":
         from workers.models.report_nlp import ReportNlpModel  # spaCy loads only where NLP runs
 
-        nlp = ReportNlpModel(device, manifest.outputs["findings"])
-        nlp.inputs = "text"
-        return nlp
+        return ReportNlpModel(device, manifest.outputs["findings"])
     if manifest.task == "classification" and manifest.format != "builtin":
         from workers.models.classifier import ImageClassifier
 

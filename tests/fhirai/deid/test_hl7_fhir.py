@@ -87,3 +87,17 @@ def test_fhir_patient_and_report():
     assert shifted["subject"]["reference"] == f"Patient/{out['id']}"  # references stay consistent
     assert shifted["effectiveDateTime"] != report["effectiveDateTime"]
     assert shifted["effectiveDateTime"].endswith("T10:15:00+01:00")
+
+
+def test_formatting_escapes_survive_and_names_next_to_them_are_caught():
+    # \.br\ line breaks and \X..\ hex escapes are read as text by Presidio (a name glued to a
+    # formatting code is still a name) and come out as valid escapes, not \E\.br\E\.
+    message = ORU.replace(
+        "Brunhild Zyxqual (MRN 7734921), DOB 11/03/1947: mild emphysema.",
+        "Findings:\\.br\\Brunhild Zyxqual\\.br\\mild emphysema \\T\\ no effusion.\\X0A\\End.",
+    )
+    out = message_deidentify(message, DeidProfile())
+    obx = next(s for s in out.message.split("\r") if s.startswith("OBX")).split("|")[5]
+    assert "Zyxqual" not in obx and "Brunhild" not in obx
+    assert obx.startswith("Findings:\\.br\\") and "\\E\\" not in obx
+    assert "mild emphysema \\T\\ no effusion.\\.br\\End." in obx
