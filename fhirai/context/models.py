@@ -56,17 +56,59 @@ class Order(models.Model):
 
 
 class ClinicalReport(models.Model):
-    """A report from the EHR or RIS (ORU^R01): its text is kept for the NLP stage."""
+    """A report from the EHR or RIS, as an ORU^R01 message or a FHIR DiagnosticReport (one row per
+    version of it): its text is kept for the NLP stage."""
 
-    message = models.OneToOneField("ingest.Message", on_delete=models.CASCADE, related_name="clinical_report")
+    message = models.OneToOneField(
+        "ingest.Message", null=True, blank=True, on_delete=models.CASCADE, related_name="clinical_report"
+    )
+    resource = models.ForeignKey(
+        "results.FhirResource",
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="clinical_reports",
+    )
+    resource_version = models.PositiveIntegerField(default=0)
     accession = models.CharField(max_length=64, blank=True, default="")
     placer_number = models.CharField(max_length=64, blank=True, default="")
     filler_number = models.CharField(max_length=64, blank=True, default="")
     status = models.CharField(max_length=8, blank=True, default="")
     text = models.TextField(blank=True, default="")
-    # The message de-identified (fhirai.deid.hl7v2) in the `deid` blob area: what the NLP stage reads.
+    # The message (fhirai.deid.hl7v2) or resource (fhirai.deid.fhir) de-identified, in the `deid`
+    # blob area: what the NLP stage reads.
     deid_blob_key = models.CharField(max_length=128, blank=True, default="")
     patient = models.ForeignKey(
         Patient, null=True, blank=True, on_delete=models.SET_NULL, related_name="reports"
     )
     received_at = models.DateTimeField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["resource", "resource_version"], name="report_resource_version"),
+            models.CheckConstraint(
+                condition=models.Q(message__isnull=False) ^ models.Q(resource__isnull=False),
+                name="report_from_message_or_resource",
+            ),
+        ]
+
+    @property
+    def source_kind(self) -> str:
+        """What carried the report: the message type (ORU^R01), or DiagnosticReport for FHIR."""
+        return self.message.message_type if self.message_id else "DiagnosticReport"
+
+    def source_key(self) -> str:
+        """What identifies the report at its source: sender and control id, or the resource."""
+        if self.message_id:
+            return f"message\x1f{self.message.sender}\x1f{self.message.control_id}"
+        return f"resource\x1fDiagnosticReport/{self.resource.rid}\x1f{self.resource_version}"
+
+    def source_text(self) -> str:
+        if self.message_id:
+            m = self.message
+            return f"{m.message_type} report {m.control_id} from {m.sender}"
+        return f"FHIR DiagnosticReport/{self.resource.rid} version {self.resource_version}"
+
+    def timeline(self) -> tuple[str, int]:
+        """Whose timeline its events go on: the message's, or the report's own for FHIR."""
+        return ("message", self.message_id) if self.message_id else ("report", self.pk)

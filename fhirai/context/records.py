@@ -261,3 +261,17 @@ def order_resource_put(order: Order) -> None:
         content["subject"] = patient_reference(order.patient.surviving())
     content.setdefault("subject", {"display": "unknown"})
     resource_put(validated(content))
+
+
+def fhir_subject_patient(content: dict[str, Any]) -> Patient | None:
+    """The patient record a FHIR subject reference points at, by id or by identifier."""
+    ref = content.get("subject") or {}
+    target = ref.get("reference", "")
+    if target.startswith("Patient/"):
+        patient = Patient.objects.filter(resource_id=target.split("/", 1)[1]).first()
+        if patient is not None:
+            return patient.surviving()
+    ident = ref.get("identifier") or {}
+    if ident.get("value"):
+        return patient_find(str(ident["value"]), str(ident.get("system", "")))
+    return None

@@ -109,9 +109,7 @@ def _walk(node: Any, known: Known, shift: int, *, top: bool = False) -> Any:
         elif name == "identifier":
             out[name] = [_identifier(i) for i in value] if isinstance(value, list) else _identifier(value)
         elif name == "reference" and isinstance(value, str) and "/" in value and not value.startswith("urn:"):
-            rtype, _, rid = value.rpartition("/")
-            rtype = rtype.rsplit("/", 1)[-1]
-            out[name] = f"{rtype}/{pseudonym('fhir-id', rtype + '/' + rid, length=32).lower()}"
+            out[name] = reference_pseudonym(value)
         elif name == "birthDate":
             out[name] = _shift(value, shift) if shift else str(value)[:4]
         elif name in DATE_ELEMENTS and isinstance(value, str):
@@ -125,6 +123,16 @@ def _walk(node: Any, known: Known, shift: int, *, top: bool = False) -> Any:
         else:
             out[name] = _walk(value, known, shift)
     return out
+
+
+def reference_pseudonym(reference: str) -> str:
+    """A literal reference (Type/id or an absolute URL) as its de-identified form: Type/<keyed
+    pseudonym of Type/id>, the same wherever it occurs; '' for no reference."""
+    if "/" not in reference or reference.startswith("urn:"):
+        return reference
+    rtype, _, rid = reference.rpartition("/")
+    rtype = rtype.rsplit("/", 1)[-1]
+    return f"{rtype}/{pseudonym('fhir-id', rtype + '/' + rid, length=32).lower()}"
 
 
 def _identifier(ident: Any) -> Any:

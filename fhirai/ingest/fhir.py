@@ -12,9 +12,9 @@ from typing import Any
 from django.db import transaction
 
 from fhirai.context.facts import OrderFacts, PatientFacts
-from fhirai.context.models import Patient
 from fhirai.context.received import order_received
-from fhirai.context.records import patient_find, patient_upsert
+from fhirai.context.records import fhir_subject_patient, patient_upsert
+from fhirai.context.reports import fhir_report_received
 from fhirai.errors import InvalidInput, NotFound
 from fhirai.results.models import FhirResource
 from fhirai.results.resources import references_rewrite, system
@@ -221,8 +221,9 @@ SEX = {"male": "M", "female": "F", "other": "O", "unknown": "U"}
 
 
 def context_apply(row: FhirResource) -> None:
-    """Patient, ServiceRequest and ImagingStudy from a FHIR source feed the same domain calls as
-    HL7 v2 ADT and ORM: the patient record, the order keyed by accession, the study link."""
+    """Patient, ServiceRequest, ImagingStudy and DiagnosticReport from a FHIR source feed the same
+    domain calls as HL7 v2 ADT, ORM and ORU: the patient record, the order keyed by accession, the
+    study link, the report text for the NLP stage."""
     content = row.content
     if row.resource_type == "Patient":
         facts = patient_facts(content)
@@ -231,11 +232,13 @@ def context_apply(row: FhirResource) -> None:
     elif row.resource_type == "ServiceRequest":
         order = order_facts(content)
         if order is not None:
-            order_received(order, _subject(content), render=False, via="ServiceRequest")
+            order_received(order, fhir_subject_patient(content), render=False, via="ServiceRequest")
+    elif row.resource_type == "DiagnosticReport":
+        fhir_report_received(row)  # an EHR's report: its text to the NLP stage
     elif row.resource_type == "ImagingStudy":
         accession = _typed_identifier(content, "ACSN", system("acsn"))
         if accession:
-            order_received(OrderFacts(accession=accession), _subject(content), via="ImagingStudy")
+            order_received(OrderFacts(accession=accession), fhir_subject_patient(content), via="ImagingStudy")
 
 
 def _typed_identifier(content: dict[str, Any], code: str, fhirai_system: str) -> str:
@@ -283,17 +286,3 @@ def order_facts(content: dict[str, Any]) -> OrderFacts | None:
         fhir_status=str(content.get("status", "")),
         resource_id=content["id"],
     )
-
-
-def _subject(content: dict[str, Any]) -> Patient | None:
-    """The patient record a FHIR subject reference points at, by id or by identifier."""
-    ref = content.get("subject") or {}
-    target = ref.get("reference", "")
-    if target.startswith("Patient/"):
-        patient = Patient.objects.filter(resource_id=target.split("/", 1)[1]).first()
-        if patient is not None:
-            return patient.surviving()
-    ident = ref.get("identifier") or {}
-    if ident.get("value"):
-        return patient_find(str(ident["value"]), str(ident.get("system", "")))
-    return None

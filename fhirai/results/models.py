@@ -72,12 +72,12 @@ class Delivery(models.Model):
     """One report's hand-off to one destination (an outbox row): attempts, backoff, the peer's answer."""
 
     report = models.ForeignKey(FhirResource, on_delete=models.CASCADE, related_name="deliveries")
-    # What the report is about: a study (image models) or a clinical report's message (NLP models).
+    # What the report is about: a study (image models) or a clinical report (NLP models).
     study = models.ForeignKey(
         "ingest.Study", null=True, blank=True, on_delete=models.CASCADE, related_name="deliveries"
     )
-    message = models.ForeignKey(
-        "ingest.Message", null=True, blank=True, on_delete=models.CASCADE, related_name="deliveries"
+    clinical_report = models.ForeignKey(
+        "context.ClinicalReport", null=True, blank=True, on_delete=models.CASCADE, related_name="deliveries"
     )
     destination = models.CharField(max_length=64)
     report_version = models.PositiveIntegerField()

@@ -139,23 +139,22 @@ def report_from_text_job(job: Any) -> FhirResource:
     recorded the result): findings read from the EHR's or RIS's own report, as coded Observations
     with their evidence."""
     clinical = job.clinical_report
-    message = clinical.message
     patient = clinical.patient.surviving() if clinical.patient else None
     order = order_for_accession(clinical.accession) if clinical.accession else None
     if patient is None and order is not None and order.patient:
         patient = order.patient.surviving()
     ctx = ResultContext(
-        key=f"message\x1f{message.sender}\x1f{message.control_id}\x1f{job.model.name}\x1f{job.model.version}",
+        key=f"{clinical.source_key()}\x1f{job.model.name}\x1f{job.model.version}",
         revision=1,
         subject=patient_reference(patient) if patient else {},
         order=order,
-        effective=message.received_at,
-        source_text=f"{message.message_type} report {message.control_id} from {message.sender}",
+        effective=clinical.received_at,
+        source_text=clinical.source_text(),
     )
-    return result_report_put(job, ctx, message_id=message.pk)
+    return result_report_put(job, ctx, clinical=clinical)
 
 
-def result_report_put(job: Any, ctx: ResultContext, *, message_id: int | None = None) -> FhirResource:
+def result_report_put(job: Any, ctx: ResultContext, *, clinical: Any = None) -> FhirResource:
     model = job.model
     now = timezone.now()
     status = report_status(ctx.revision)
@@ -281,12 +280,12 @@ def result_report_put(job: Any, ctx: ResultContext, *, message_id: int | None = 
             study_id=study_id,
             tokens=[("_tag", system("report"), provenance["meta"]["tag"][0]["code"])],
         )
-        queued = deliveries_create(row, ctx.study, message_id=message_id)
+        queued = deliveries_create(row, ctx.study, clinical_report=clinical)
         detail = f"DiagnosticReport/{row.rid} v{row.version_id}, {len(observations)} observations" + (
             f"; {queued} write-back(s) queued" if queued else ""
         )
         if ctx.study is None:
-            record("message", message_id or 0, Event.REPORTED, detail=detail)
+            record(*clinical.timeline(), Event.REPORTED, detail=detail)
             return row
         moved = study_transition(
             ctx.study.pk,

@@ -89,6 +89,14 @@ def resource_read(rtype: str, rid: str) -> FhirResource:
     return row
 
 
+def resource_version_content(row: FhirResource, version_id: int) -> dict[str, Any]:
+    """The content of one version of a stored resource (the current one when it is that version)."""
+    if row.version_id == version_id:
+        return row.content
+    kept = FhirVersion.objects.filter(resource=row, version_id=version_id).first()
+    return kept.content if kept is not None else row.content
+
+
 def resource_vread(rtype: str, rid: str, version: str) -> FhirVersion:
     """One version of one resource (R4 vread)."""
     row = FhirVersion.objects.filter(

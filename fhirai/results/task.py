@@ -82,11 +82,10 @@ def job_task_put(job: Any) -> FhirResource:
 def _text_job_task_put(job: Any) -> FhirResource:
     """The Task of an NLP job on a clinical report's text."""
     model, clinical = job.model, job.clinical_report
-    message = clinical.message
     device = device_resource(model)
     resource_put(validated(device))
     patient = clinical.patient.surviving() if clinical.patient else None
-    key = f"message\x1f{message.sender}\x1f{message.control_id}\x1f{model.name}\x1f{model.version}"
+    key = f"{clinical.source_key()}\x1f{model.name}\x1f{model.version}"
     task: dict[str, Any] = {
         "resourceType": "Task",
         "id": stable_id("Task", key),
@@ -98,8 +97,7 @@ def _text_job_task_put(job: Any) -> FhirResource:
             "coding": [{"system": TASK_CODE, "code": "fulfill", "display": "Fulfill the focal request"}],
             "text": f"AI inference: {model.title}",
         },
-        "description": f"{model.title} {model.version} on the de-identified text of "
-        f"{message.message_type} {message.control_id} from {message.sender}",
+        "description": f"{model.title} {model.version} on the de-identified text of {clinical.source_text()}",
         "authoredOn": job.dispatched_at.isoformat(),
         "lastModified": timezone.now().isoformat(),
         "owner": {"reference": f"Device/{device['id']}", "display": f"{model.title} {model.version}"},

@@ -92,7 +92,7 @@ def destinations() -> list[str]:
     return names + [f"{MLLP_PREFIX}{name}" for name in settings.FHIRAI_HL7_PEERS]
 
 
-def deliveries_create(report: FhirResource, study: Study | None, *, message_id: int | None = None) -> int:
+def deliveries_create(report: FhirResource, study: Study | None, *, clinical_report: Any = None) -> int:
     """Queue this report version for every configured destination; returns how many. The report
     is about a study, or (NLP on a clinical report) about the message that carried the report."""
     now = timezone.now()
@@ -102,7 +102,12 @@ def deliveries_create(report: FhirResource, study: Study | None, *, message_id: 
             report=report,
             destination=name,
             report_version=report.version_id,
-            defaults={"study": study, "message_id": message_id, "created_at": now, "next_attempt_at": now},
+            defaults={
+                "study": study,
+                "clinical_report": clinical_report,
+                "created_at": now,
+                "next_attempt_at": now,
+            },
         )
         if created:
             dispatch_on_commit(TASK_DELIVER, delivery.pk)
@@ -177,7 +182,7 @@ def delivery_attempt(delivery_id: int) -> None:
             report_id=delivery.report_id, report_version=delivery.report_version
         )
         if delivery.study_id is None:
-            record("message", delivery.message_id or 0, Event.WRITTEN_BACK, detail=detail)
+            record(*_timeline_of(delivery), Event.WRITTEN_BACK, detail=detail)
         elif open_ones.exclude(state=DeliveryState.DELIVERED).exists():
             record("study", delivery.study_id, Event.WRITTEN_BACK, detail=detail)
         else:
@@ -191,16 +196,16 @@ def delivery_attempt(delivery_id: int) -> None:
 
 
 def _timeline_of(delivery: Delivery) -> tuple[str, int]:
-    if delivery.study_id is not None:
-        return "study", delivery.study_id
-    return "message", delivery.message_id or 0
+    if delivery.study_id is not None or delivery.clinical_report is None:
+        return "study", delivery.study_id or 0
+    return delivery.clinical_report.timeline()
 
 
 def _delivery_failed(delivery: Delivery, error: str) -> None:
     """A destination refused or stayed unreachable: the study fails visibly (a clinical report's
     NLP result: its message's timeline says so)."""
     if delivery.study_id is None:
-        record("message", delivery.message_id or 0, Event.FAILED, error=error)
+        record(*_timeline_of(delivery), Event.FAILED, error=error)
         return
     study_fail(delivery.study_id, error=error, from_states=[StudyState.REPORTED, StudyState.WRITTEN_BACK])
 

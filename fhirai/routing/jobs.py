@@ -13,6 +13,7 @@ from django.utils import timezone
 from fhirai.audit.timeline import Event, record
 from fhirai.celery import TASK_INFER, dispatch_on_commit
 from fhirai.context.models import ClinicalReport
+from fhirai.deid.fhir import reference_pseudonym
 from fhirai.deid.vault import vault_lookup
 from fhirai.errors import NotFound
 from fhirai.ingest.models import Study, StudyState
@@ -73,11 +74,11 @@ def study_route(study_id: int) -> None:
 def report_route(report_id: int) -> int:
     """Queue the enabled NLP models that read this clinical report's message type, on its
     de-identified text; returns how many jobs were created."""
-    report = ClinicalReport.objects.select_related("message").filter(pk=report_id).first()
+    report = ClinicalReport.objects.select_related("message", "resource").filter(pk=report_id).first()
     if report is None or not report.deid_blob_key:
         return 0
     created = 0
-    for model in report_models(report.message.message_type):
+    for model in report_models(report.source_kind):
         try:
             with transaction.atomic():
                 job = InferenceJob.objects.create(
@@ -90,7 +91,7 @@ def report_route(report_id: int) -> int:
                 )
         except IntegrityError:
             continue
-        record("message", report.message_id, Event.QUEUED, detail=f"report text to {model}")
+        record(*report.timeline(), Event.QUEUED, detail=f"report text to {model}")
         job_task_put(job)
         job_dispatch(job)
         created += 1
@@ -152,9 +153,17 @@ def job_record_result(job_id: int, output: dict[str, Any]) -> None:
 def _text_job_record_result(job: InferenceJob, output: dict[str, Any]) -> None:
     """An NLP model's findings on a clinical report: check that the pseudonymous patient it names
     is the report's (through the vault), then build the report of findings."""
-    clinical = ClinicalReport.objects.select_related("message", "patient").get(pk=job.clinical_report_id)
+    clinical = ClinicalReport.objects.select_related("message", "resource", "patient").get(
+        pk=job.clinical_report_id
+    )
     subject = output.pop("subject", None) or {}
-    if clinical.patient is not None and subject.get("patient_id"):
+    if clinical.resource_id is not None:
+        # A FHIR report: its de-identified subject reference is the keyed pseudonym of the real one.
+        real = str(clinical.resource.content.get("subject", {}).get("reference", ""))
+        if subject.get("patient_ref", "") != reference_pseudonym(real):
+            _text_job_fail(job, clinical, "the result names another patient than the report's")
+            return
+    elif clinical.patient is not None and subject.get("patient_id"):
         try:
             original = vault_lookup("patient-id", subject["patient_id"], purpose="write-back")
         except NotFound as exc:
@@ -165,7 +174,7 @@ def _text_job_record_result(job: InferenceJob, output: dict[str, Any]) -> None:
             return
     job.state, job.result, job.finished_at = JobState.DONE, output, timezone.now()
     job.save(update_fields=["state", "result", "finished_at"])
-    record("message", clinical.message_id, Event.INFERRED, detail=f"{job.model} job {job.pk}")
+    record(*clinical.timeline(), Event.INFERRED, detail=f"{job.model} job {job.pk}")
     job.clinical_report = clinical
     report_from_text_job(job)
     job_task_put(job)
@@ -175,9 +184,7 @@ def _text_job_fail(job: InferenceJob, clinical: ClinicalReport, error: str) -> N
     job.state, job.error, job.finished_at = JobState.FAILED, error[:2000], timezone.now()
     job.save(update_fields=["state", "error", "finished_at"])
     job_task_put(job)
-    record(
-        "message", clinical.message_id, Event.FAILED, detail=f"{job.model} job {job.pk}", error=error[:500]
-    )
+    record(*clinical.timeline(), Event.FAILED, detail=f"{job.model} job {job.pk}", error=error[:500])
 
 
 def job_fail(job_id: int, error: str) -> None:
@@ -227,7 +234,7 @@ def job_retry(job: InferenceJob) -> int:
         if not moved:
             return 0
         record(
-            *(("study", job.study_id) if job.study_id else ("message", job.clinical_report.message_id)),
+            *(("study", job.study_id) if job.study_id else job.clinical_report.timeline()),
             Event.RETRIED,
             detail=f"job {job.pk} dispatched again (attempt {job.attempts + 1})",
         )

@@ -27,7 +27,8 @@ def study_models(study: Study) -> list[ModelRecord]:
 
 def report_models(message_type: str) -> list[ModelRecord]:
     """The enabled NLP models that read reports carried by this message type: an accepted type
-    matches exactly (ORU^R01) or by its message code alone (ORU)."""
+    matches exactly (ORU^R01) or by its message code alone (ORU); "DiagnosticReport" stands for
+    reports written to /fhir/ or notified by an EHR's Subscription."""
     code = message_type.split("^")[0].upper()
     return [
         m

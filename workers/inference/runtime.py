@@ -17,6 +17,7 @@ The worker never touches the database: what it needs is the package on disk and 
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -30,6 +31,7 @@ from django.conf import settings
 from pydicom import dcmread
 
 from fhirai import blobs
+from fhirai.context.reports import report_text_from_fhir
 from fhirai.routing.manifest import Manifest, ManifestError, manifest_read
 from fhirai.routing.reference import REFERENCE_DIR
 from workers.inference.errors import ModelInputError
@@ -146,8 +148,16 @@ def run_model(name: str, version: str, input_keys: list[str]) -> dict[str, Any]:
     started = time.perf_counter()
     if getattr(model, "inputs", "dicom") == "text":
         texts = [blobs.get(key).decode("utf-8", errors="replace") for key in input_keys]
-        output = model(texts)
-        output["subject"] = {"patient_id": _hl7_patient_pseudonym(texts[0])}
+        if texts[0].lstrip().startswith("{"):  # a de-identified FHIR DiagnosticReport
+            try:
+                resource = json.loads(texts[0])
+            except ValueError:
+                raise ModelInputError("the report is neither HL7 v2 nor FHIR JSON") from None
+            output = model([report_text_from_fhir(resource)])
+            output["subject"] = {"patient_ref": str(resource.get("subject", {}).get("reference", ""))}
+        else:
+            output = model(texts)
+            output["subject"] = {"patient_id": _hl7_patient_pseudonym(texts[0])}
     else:
         datasets = [dcmread(BytesIO(blobs.get(key))) for key in input_keys]
         studies = {str(ds.get("StudyInstanceUID", "")) for ds in datasets}

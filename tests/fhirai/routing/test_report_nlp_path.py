@@ -96,3 +96,63 @@ def test_a_failed_nlp_job_is_visible_on_the_message(settings, blob_dir):
     assert any(e.event == "failed" for e in events_for("message", report.message_id))
     task = FhirResource.objects.get(resource_type="Task").content
     assert task["status"] == "failed" and task["statusReason"]["text"] == "no narrative text"
+
+
+def test_a_fhir_diagnostic_report_from_the_ehr_is_read_too(settings, blob_dir):
+    import base64
+
+    from fhirai.ingest.fhir import fhir_create, fhir_update
+
+    fhir_update(
+        "Patient",
+        "pat-1",
+        {
+            "resourceType": "Patient",
+            "id": "pat-1",
+            "identifier": [{"system": "urn:oid:1.2.3.4", "value": "MRN-5150"}],
+            "name": [{"family": "Quorvath", "given": ["Ilse"]}],
+            "birthDate": "1950-02-03",
+        },
+    )
+    text = "Chest radiograph. Ilse Quorvath, MRN-5150.\nNo pleural effusion. Mild cardiomegaly."
+    row, _ = fhir_create(
+        {
+            "resourceType": "DiagnosticReport",
+            "status": "final",
+            "code": {"text": "XR chest"},
+            "subject": {"reference": "Patient/pat-1"},
+            "presentedForm": [
+                {"contentType": "text/plain", "data": base64.b64encode(text.encode()).decode()}
+            ],
+        }
+    )
+    clinical = ClinicalReport.objects.get(resource=row)
+    assert clinical.patient is not None and clinical.patient.mrn == "MRN-5150"
+    key = clinical_report_deidentify(clinical.pk)
+    deid = blobs.get(key).decode()
+    assert "Quorvath" not in deid and "5150" not in deid and "pat-1" not in deid
+    job = InferenceJob.objects.get(clinical_report=clinical)
+    output = run_model(job.model.name, job.model.version, job.inputs)
+    by_name = {f["name"]: f for f in output["findings"]}
+    assert by_name["cardiomegaly"]["present"] and by_name["pleural effusion"]["status"] == "negated"
+    job_record_result(job.pk, output)
+    job.refresh_from_db()
+    assert job.state == JobState.DONE, job.error
+    ours = [
+        r.content
+        for r in FhirResource.objects.filter(resource_type="DiagnosticReport")
+        if r.content.get("meta", {}).get("tag")
+    ]
+    assert len(ours) == 1 and ours[0]["subject"]["reference"] == "Patient/pat-1"
+    # fhirai's own AI report is not read back as a clinical report.
+    assert ClinicalReport.objects.count() == 1
+    # A result naming another patient is refused.
+    other = ClinicalReport.objects.create(
+        resource=row, resource_version=99, text="x", received_at=clinical.received_at, deid_blob_key=key
+    )
+    job2 = InferenceJob.objects.create(
+        clinical_report=other, model=job.model, revision=1, inputs=[key], dispatched_at=job.dispatched_at
+    )
+    job_record_result(job2.pk, {"findings": [], "subject": {"patient_ref": "Patient/someone-else"}})
+    job2.refresh_from_db()
+    assert job2.state == JobState.FAILED
