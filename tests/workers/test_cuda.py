@@ -96,3 +96,45 @@ def test_an_example_too_big_for_the_gpu_fails_alone_and_the_batcher_recovers():
     assert batcher.stats().failed == 2
     torch.cuda.empty_cache()
     assert torch.cuda.memory_allocated() <= before + 2**20  # nothing of the failed calls is kept
+
+
+def test_a_state_dict_package_loads_on_cuda_in_bf16_channels_last_and_matches_the_cpu(tmp_path):
+    """The loader's CUDA path: a DenseNet-121 state-dict package (14 findings, 1 channel) loaded on
+    the GPU with the manifest's bf16 + channels_last, fed through the micro-batcher like a worker
+    does, agrees with the same weights in fp32 on the CPU."""
+    if not torch.cuda.is_bf16_supported():
+        pytest.skip("this GPU has no bfloat16")
+    import json
+
+    from fhirai.routing.manifest import manifest_read
+    from workers.inference.loaders import weights_load
+
+    torch.manual_seed(1)
+    cpu_model = densenet121(num_classes=14, in_channels=1).eval()
+    torch.save(cpu_model.state_dict(), tmp_path / "weights.pt")
+    labels = [{"name": f"f{i}", "coding": {"system": "urn:test", "code": f"f{i}"}} for i in range(14)]
+    (tmp_path / "manifest.json").write_text(
+        json.dumps(
+            {
+                "name": "cxr-cuda",
+                "version": "1",
+                "title": "t",
+                "task": "classification",
+                "format": "state_dict",
+                "weights": "weights.pt",
+                "architecture": {"name": "densenet121", "num_classes": 14, "in_channels": 1},
+                "outputs": {"labels": labels},
+                "runtime": {"precision": "bf16", "channels_last": True, "max_batch": 16},
+            }
+        )
+    )
+    loaded = weights_load(tmp_path, manifest_read(tmp_path), torch.device("cuda"))
+    assert loaded.dtype == torch.bfloat16 and loaded.device.type == "cuda"
+    images = torch.randn(20, 1, 224, 224)
+    with torch.inference_mode():
+        reference = torch.sigmoid(cpu_model(images))
+    with MicroBatcher(
+        loaded.run, max_batch=16, max_wait_ms=20, device=loaded.device, dtype=loaded.dtype, timeout_s=120
+    ) as batcher:
+        rows = torch.stack([f.result(timeout=120) for f in [batcher.submit(i) for i in images]])
+    assert torch.allclose(torch.sigmoid(rows.float()), reference, atol=0.05)
