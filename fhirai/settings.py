@@ -123,6 +123,7 @@ INSTALLED_APPS = [
     "fhirai.subscriptions",
     "fhirai.ui",
     "fhirai.ops",
+    "fhirai.webhooks",
     "integrations.dicom",
     "integrations.fhir",
     "integrations.hl7",
@@ -357,6 +358,35 @@ _upstream_auth_check(
 FHIRAI_WRITEBACK_BACKOFF_MAX = env_float("FHIRAI_WRITEBACK_BACKOFF_MAX", 300.0)
 FHIRAI_WRITEBACK_GIVE_UP_SECONDS = env_float("FHIRAI_WRITEBACK_GIVE_UP_SECONDS", 86400.0)
 FHIRAI_FHIR_PAGE_MAX = env_int("FHIRAI_FHIR_PAGE_MAX", 500, minimum=1)
+
+# --- webhooks (fhirai/webhooks: outbox; integrations/webhooks: Standard Webhooks wire format) ----
+FHIRAI_WEBHOOK_SENDER = env_str("FHIRAI_WEBHOOK_SENDER", "integrations.webhooks.sender.http_send")
+FHIRAI_WEBHOOK_TIMEOUT = env_float("FHIRAI_WEBHOOK_TIMEOUT", 10.0)
+FHIRAI_WEBHOOK_MAX_ATTEMPTS = env_int("FHIRAI_WEBHOOK_MAX_ATTEMPTS", 10, minimum=1)
+FHIRAI_WEBHOOK_BACKOFF_MAX = env_float("FHIRAI_WEBHOOK_BACKOFF_MAX", 3600.0)
+FHIRAI_HOOK_TOLERANCE_SECONDS = env_int("FHIRAI_HOOK_TOLERANCE_SECONDS", 300, minimum=1)
+
+
+def _hook_sources(raw: str) -> dict[str, str]:
+    """FHIRAI_HOOK_SOURCES: NAME=whsec_<base64>[,NAME=...], the senders allowed at /hooks/NAME."""
+    import base64
+    import binascii
+
+    sources: dict[str, str] = {}
+    for item in filter(None, (p.strip() for p in raw.split(","))):
+        name, _, secret = item.partition("=")
+        name, secret = name.strip(), secret.strip()
+        if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", name) or not secret.startswith("whsec_"):
+            raise ImproperlyConfigured(f"FHIRAI_HOOK_SOURCES: entry {name!r} is not NAME=whsec_<base64>")
+        try:
+            base64.b64decode(secret[len("whsec_") :], validate=True)
+        except (binascii.Error, ValueError):
+            raise ImproperlyConfigured(f"FHIRAI_HOOK_SOURCES: the secret of {name} is not base64") from None
+        sources[name] = secret
+    return sources
+
+
+FHIRAI_HOOK_SOURCES = _hook_sources(env_secret("FHIRAI_HOOK_SOURCES"))
 
 # --- Celery ------------------------------------------------------------------------------------
 CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", f"sqla+sqlite:///{DATA_DIR / 'broker.sqlite3'}")

@@ -22,6 +22,7 @@ from fhirai.ingest.models import Study, StudyState
 from fhirai.results.writeback import deliveries_due, delivery_redispatch
 from fhirai.routing.jobs import job_retry, jobs_redispatch_stalled, study_route
 from fhirai.routing.models import InferenceJob, JobState
+from fhirai.webhooks.outbox import webhooks_sweep
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,7 @@ def pipeline_sweep() -> dict[str, int]:
     counts["messages_redispatched"] = messages_redispatch_stalled()
     counts["app_acks_dispatched"] = app_acks_due()
     counts["reports_redispatched"] = reports_redispatch_stalled()
+    counts["webhooks_dispatched"] = webhooks_sweep()
     if any(counts.values()):
         log.info("sweep: %s", counts)
     return counts

@@ -7,6 +7,7 @@ from django.urls import include, path
 
 from fhirai.ui import views as ui
 from integrations.fhir import subscription_hook
+from integrations.webhooks import inbound as hooks
 
 urlpatterns = [
     path("fhir/", include("integrations.fhir.urls")),
@@ -17,6 +18,7 @@ urlpatterns = [
         subscription_hook.resource_endpoint,
         name="fhir-subscription-resource",
     ),
+    path("hooks/<str:source>", hooks.hook, name="hook"),
     path("healthz", ui.healthz, name="healthz"),
     path("admin/", admin.site.urls),
     path("", ui.home, name="home"),

@@ -16,6 +16,7 @@ from fhirai.deid import study as deid_study
 from fhirai.errors import Unavailable
 from fhirai.results import writeback
 from fhirai.routing import jobs
+from fhirai.webhooks import outbox as webhooks
 
 log = logging.getLogger(__name__)
 RETRY = {
@@ -75,6 +76,11 @@ def job_fail(job_id: int, error: str) -> None:
 @shared_task(name="workers.tasks.delivery_attempt", acks_late=True)
 def delivery_attempt(delivery_id: int) -> None:
     writeback.delivery_attempt(delivery_id)
+
+
+@shared_task(name="workers.tasks.webhook_deliver", acks_late=True)
+def webhook_deliver(delivery_id: int) -> None:
+    webhooks.webhook_deliver(delivery_id)
 
 
 @shared_task(name="workers.tasks.pipeline_sweep", acks_late=True, expires=30)

@@ -12,6 +12,7 @@ from django.utils import timezone
 
 from fhirai.audit.timeline import Event, record
 from fhirai.ingest.models import Study, StudyState
+from fhirai.webhooks.events import study_event_emit
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,7 @@ def study_transition(
         changed = qs.update(state=to.value, state_changed_at=timezone.now(), error=error, **fields)
         if changed:
             record("study", study_id, event, detail=detail, error=error)
+            study_event_emit(study_id, to, error=error)  # webhooks: item.failed / item.completed
     if changed:
         log.info("study %s -> %s %s", study_id, to.value, detail)
     return bool(changed)

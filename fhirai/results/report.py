@@ -34,6 +34,7 @@ from fhirai.results.resources import stable_id, system, validated
 from fhirai.results.store import Token, resource_put
 from fhirai.results.writeback import deliveries_create
 from fhirai.routing.models import InferenceJob, JobState
+from fhirai.webhooks.events import report_created_emit
 
 UCUM = "http://unitsofmeasure.org"
 DICOM_UID_SYSTEM = "urn:dicom:uid"
@@ -281,6 +282,7 @@ def result_report_put(job: Any, ctx: ResultContext, *, clinical: Any = None) -> 
             tokens=[("_tag", system("report"), provenance["meta"]["tag"][0]["code"])],
         )
         queued = deliveries_create(row, ctx.study, clinical_report=clinical)
+        report_created_emit(row, job=job, study=ctx.study, clinical_report=clinical)  # webhooks
         detail = f"DiagnosticReport/{row.rid} v{row.version_id}, {len(observations)} observations" + (
             f"; {queued} write-back(s) queued" if queued else ""
         )

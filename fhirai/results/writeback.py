@@ -30,6 +30,7 @@ from fhirai.results.models import Delivery, DeliveryState, FhirResource
 from fhirai.results.package import ReportPackage, report_package
 from fhirai.results.resources import references_rewrite
 from fhirai.results.store import resource_read
+from fhirai.webhooks.events import writeback_failed_emit
 
 log = logging.getLogger(__name__)
 FHIR_UPSTREAM = "fhir-upstream"
@@ -204,6 +205,7 @@ def _timeline_of(delivery: Delivery) -> tuple[str, int]:
 def _delivery_failed(delivery: Delivery, error: str) -> None:
     """A destination refused or stayed unreachable: the study fails visibly (a clinical report's
     NLP result: its message's timeline says so)."""
+    writeback_failed_emit(delivery, error)  # webhooks: delivery.failed
     if delivery.study_id is None:
         record(*_timeline_of(delivery), Event.FAILED, error=error)
         return
