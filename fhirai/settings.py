@@ -124,6 +124,8 @@ INSTALLED_APPS = [
     "fhirai.ui",
     "fhirai.ops",
     "fhirai.webhooks",
+    "fhirai.api",
+    "ninja",  # its templates and static files: the API docs page serves Swagger UI locally, no CDN
     "integrations.dicom",
     "integrations.fhir",
     "integrations.hl7",
@@ -137,6 +139,7 @@ MIDDLEWARE = [
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
+    "fhirai.api.auth.TokenMiddleware",  # Bearer tokens on /fhir/, /hl7/, /api/ (FHIRAI_REQUIRE_TOKENS)
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
 
@@ -358,6 +361,9 @@ _upstream_auth_check(
 FHIRAI_WRITEBACK_BACKOFF_MAX = env_float("FHIRAI_WRITEBACK_BACKOFF_MAX", 300.0)
 FHIRAI_WRITEBACK_GIVE_UP_SECONDS = env_float("FHIRAI_WRITEBACK_GIVE_UP_SECONDS", 86400.0)
 FHIRAI_FHIR_PAGE_MAX = env_int("FHIRAI_FHIR_PAGE_MAX", 500, minimum=1)
+# API tokens (python manage.py issue_token): when on, /fhir/, /hl7/ and /api/ (but /api/health) need
+# a valid Bearer token; when off they stay open, but a Bearer token that is sent must be valid.
+FHIRAI_REQUIRE_TOKENS = env_bool("FHIRAI_REQUIRE_TOKENS", False)
 
 # --- webhooks (fhirai/webhooks: outbox; integrations/webhooks: Standard Webhooks wire format) ----
 FHIRAI_WEBHOOK_SENDER = env_str("FHIRAI_WEBHOOK_SENDER", "integrations.webhooks.sender.http_send")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from django.contrib import admin
 from django.urls import include, path
 
+from fhirai.api.views import api
 from fhirai.ui import views as ui
 from integrations.fhir import subscription_hook
 from integrations.webhooks import inbound as hooks
@@ -19,6 +20,7 @@ urlpatterns = [
         name="fhir-subscription-resource",
     ),
     path("hooks/<str:source>", hooks.hook, name="hook"),
+    path("api/", api.urls),
     path("healthz", ui.healthz, name="healthz"),
     path("admin/", admin.site.urls),
     path("", ui.home, name="home"),

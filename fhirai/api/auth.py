@@ -1,0 +1,98 @@
+"""Who is calling and in which role: a Bearer API token, or a logged-in console user (Django
+groups admin/operator/viewer/auditor; a superuser is admin). The middleware guards the machine
+endpoints: with FHIRAI_REQUIRE_TOKENS on, /fhir/, /hl7/ and /api/ (but /api/health) need a valid
+token; with it off they stay open as before, but a Bearer token that is sent must be valid."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from django.conf import settings
+from django.http import HttpRequest, HttpResponse, JsonResponse
+
+from fhirai.api.models import Role
+from fhirai.api.tokens import token_check
+
+GUARDED = ("/fhir/", "/hl7/", "/api/")
+OPEN = ("/api/health",)
+PHI_ROLES = (Role.ADMIN, Role.OPERATOR)
+ROLE_ORDER = (Role.ADMIN, Role.OPERATOR, Role.AUDITOR, Role.VIEWER)
+
+
+@dataclass(frozen=True)
+class Principal:
+    """The caller: a name for the audit trail and one role."""
+
+    name: str
+    role: str
+    via: str  # "token" or "session"
+
+    @property
+    def sees_phi(self) -> bool:
+        return self.role in PHI_ROLES
+
+
+def bearer(request: HttpRequest) -> str | None:
+    """The Bearer token of the request, '' for a malformed Authorization header, None for none."""
+    header = request.headers.get("Authorization", "")
+    if not header:
+        return None
+    scheme, _, value = header.partition(" ")
+    return value.strip() if scheme.lower() == "bearer" else ""
+
+
+def user_role(user: object) -> str | None:
+    """The strongest role of a console user, from the superuser flag and Django groups."""
+    if not getattr(user, "is_authenticated", False) or not getattr(user, "is_active", False):
+        return None
+    if getattr(user, "is_superuser", False):
+        return Role.ADMIN
+    names = set(user.groups.values_list("name", flat=True))  # type: ignore[attr-defined]
+    return next((r.value for r in ROLE_ORDER if r.value in names), None)
+
+
+def principal_of(request: HttpRequest) -> Principal | None:
+    """The authenticated caller (token first, then session), cached on the request."""
+    if hasattr(request, "_fhirai_principal"):
+        return request._fhirai_principal  # type: ignore[attr-defined]
+    principal = None
+    token = bearer(request)
+    if token:
+        row = token_check(token)
+        if row is not None:
+            principal = Principal(name=f"token:{row.name}", role=row.role, via="token")
+    elif token is None:
+        user = getattr(request, "user", None)
+        role = user_role(user)
+        if role is not None:
+            principal = Principal(name=f"user:{user.get_username()}", role=role, via="session")  # type: ignore[union-attr]
+    request._fhirai_principal = principal  # type: ignore[attr-defined]
+    return principal
+
+
+def _unauthorized(message: str) -> JsonResponse:
+    response = JsonResponse({"detail": message}, status=401)
+    response["WWW-Authenticate"] = 'Bearer realm="fhirai"'
+    return response
+
+
+class TokenMiddleware:
+    """Guards /fhir/, /hl7/ and /api/ as FHIRAI_REQUIRE_TOKENS says (place after authentication)."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        path = request.path
+        if path.startswith(GUARDED) and not path.startswith(OPEN):
+            token = bearer(request)
+            if token is not None:
+                if principal_of(request) is None:
+                    return _unauthorized("the Bearer token is not valid (unknown, malformed or revoked)")
+            elif settings.FHIRAI_REQUIRE_TOKENS:
+                # The console's own pages call /api/ with their session; the machine endpoints
+                # (/fhir/, /hl7/) take tokens only.
+                if not path.startswith("/api/") or principal_of(request) is None:
+                    return _unauthorized("a Bearer token is required (Authorization: Bearer fhirai_...)")
+        return self.get_response(request)

@@ -1,0 +1,45 @@
+"""API clients and the access audit. A token's secret is never stored: only its SHA-256 (the
+secret is 256 random bits, so a plain hash is enough; no slow KDF needed), found by a short
+public prefix. AccessEvent records every view or search of identified data, by whom."""
+
+from __future__ import annotations
+
+from django.db import models
+
+
+class Role(models.TextChoices):
+    ADMIN = "admin"
+    OPERATOR = "operator"
+    VIEWER = "viewer"
+    AUDITOR = "auditor"
+
+
+class ApiToken(models.Model):
+    """One client's bearer token, scoped to one role, revocable."""
+
+    name = models.CharField(max_length=64)
+    role = models.CharField(max_length=16, choices=Role.choices)
+    prefix = models.CharField(max_length=16, unique=True)
+    secret_sha256 = models.CharField(max_length=64)
+    created_at = models.DateTimeField()
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"token {self.name} ({self.prefix}, {self.role})"
+
+
+class AccessEvent(models.Model):
+    """One view or search of identified data (or a change) through the API: who, what, which items.
+    `detail` names fields searched, never the searched values."""
+
+    at = models.DateTimeField()
+    actor = models.CharField(max_length=160)
+    role = models.CharField(max_length=16)
+    action = models.CharField(max_length=32)
+    item_kind = models.CharField(max_length=16, blank=True, default="")
+    item_ids = models.JSONField(default=list)
+    detail = models.CharField(max_length=255, blank=True, default="")
+
+    class Meta:
+        indexes = [models.Index(fields=["at"]), models.Index(fields=["item_kind", "at"])]

@@ -1,0 +1,185 @@
+"""Typed request and response bodies of the REST API, so the OpenAPI schema is complete. PHI
+lives in its own sub-objects (`phi`, `raw`), present only for roles allowed to see it."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from ninja import Schema
+from pydantic import ConfigDict
+
+
+class ErrorOut(Schema):
+    detail: str
+
+
+class ValidationErrorOut(Schema):
+    """422: the request's parameters or body do not fit the schema (each problem listed), or a
+    value was refused (one message)."""
+
+    detail: list[dict[str, Any]] | str
+
+
+class HealthOut(Schema):
+    status: str
+    database: str
+    broker: str
+    queues: dict[str, int | None]
+
+
+class TimelineOut(Schema):
+    event: str
+    at: datetime
+    detail: str
+    error: str
+
+
+class StudyPhiOut(Schema):
+    patient_name: str
+    patient_id: str
+    issuer_of_patient_id: str
+    patient_birth_date: str
+    accession_number: str
+    study_uid: str
+    study_date: str
+    study_description: str
+
+
+class StudyOut(Schema):
+    id: int
+    state: str
+    state_changed_at: datetime
+    revision: int
+    error: str
+    modalities: str
+    body_part: str
+    calling_ae: str
+    instance_count: int
+    first_received_at: datetime
+    last_received_at: datetime
+    patient_pseudonym: str
+    accession_pseudonym: str
+    study_uid_pseudonym: str
+    models: list[str]
+    phi: StudyPhiOut | None = None
+
+
+class StudyPage(Schema):
+    count: int
+    limit: int
+    offset: int
+    items: list[StudyOut]
+
+
+class JobOut(Schema):
+    id: int
+    model: str
+    revision: int
+    state: str
+    attempts: int
+    dispatched_at: datetime
+    finished_at: datetime | None
+    error: str
+
+
+class DeliveryOut(Schema):
+    id: int
+    report: str
+    report_version: int
+    destination: str
+    state: str
+    attempts: int
+    created_at: datetime
+    next_attempt_at: datetime
+    delivered_at: datetime | None
+    last_status: int | None
+    last_response_summary: str
+    study_id: int | None
+    clinical_report_id: int | None
+
+
+class StudyDetailOut(StudyOut):
+    timeline: list[TimelineOut]
+    jobs: list[JobOut]
+    reports: list[str]
+    deliveries: list[DeliveryOut]
+
+
+class RetryOut(Schema):
+    item: str
+    kind: str
+    detail: str
+
+
+class MessageOut(Schema):
+    id: int
+    message_type: str
+    control_id: str
+    sender: str
+    version: str
+    state: str
+    enhanced: bool
+    app_ack: str
+    app_ack_state: str
+    app_ack_code: str
+    error: str
+    received_at: datetime
+    processed_at: datetime | None
+
+
+class MessagePage(Schema):
+    count: int
+    limit: int
+    offset: int
+    items: list[MessageOut]
+
+
+class MessageDetailOut(MessageOut):
+    timeline: list[TimelineOut]
+    raw: str | None = None
+
+
+class DeliveryPage(Schema):
+    count: int
+    limit: int
+    offset: int
+    items: list[DeliveryOut]
+
+
+class ModelOut(Schema):
+    id: int
+    name: str
+    version: str
+    title: str
+    task: str
+    format: str
+    enabled: bool
+    accepts: dict[str, Any]
+
+
+class ModelAccepts(Schema):
+    """What a model is routed: studies by modality, body part or SOP class; reports by message type."""
+
+    model_config = ConfigDict(extra="forbid")
+    modalities: list[str] | None = None
+    body_parts: list[str] | None = None
+    sop_classes: list[str] | None = None
+    message_types: list[str] | None = None
+
+
+class ModelPatch(Schema):
+    model_config = ConfigDict(extra="forbid")
+    enabled: bool | None = None
+    accepts: ModelAccepts | None = None
+
+
+class AccessOut(Schema):
+    id: int
+    at: datetime
+    actor: str
+    role: str
+    action: str
+    item_kind: str
+    item_ids: list[int]
+    detail: str

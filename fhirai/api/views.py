@@ -1,0 +1,479 @@
+"""The REST API (django-ninja) at /api/: what the console does, for integration engines and
+scripts. Authenticated by Bearer token or console session (fhirai.api.auth); viewers and auditors
+see pseudonyms only, admins and operators also the identified fields, and each such view or
+search is recorded as an AccessEvent. Errors are JSON: {"detail": "..."}."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from django.db import DataError
+from django.db.models import QuerySet
+from django.http import HttpRequest
+from django.shortcuts import get_object_or_404
+from ninja import Field, NinjaAPI, Path, Query, Schema, Status
+from ninja.errors import HttpError
+from ninja.openapi.docs import Swagger
+from ninja.security import HttpBearer
+from ninja.utils import check_csrf
+from pydantic import AfterValidator, BeforeValidator
+
+from fhirai.api import schemas as s
+from fhirai.api.access import access_record
+from fhirai.api.auth import PHI_ROLES, Principal, principal_of
+from fhirai.api.health import health_check
+from fhirai.api.models import AccessEvent, Role
+from fhirai.audit.timeline import events_for
+from fhirai.deid.profile import accession_pseudonym, patient_pseudonym
+from fhirai.deid.pseudonym import uid_remap
+from fhirai.deid.vault import vault_lookup
+from fhirai.errors import NotFound
+from fhirai.ingest.models import Message, Study
+from fhirai.ops.retry import NotRetryable, delivery_retry, study_retry
+from fhirai.results.models import Delivery, FhirResource
+from fhirai.results.writeback import UpstreamReply, reply_summary
+from fhirai.routing.models import ModelRecord
+
+MAX_LIMIT = 500
+
+
+class ApiAuth(HttpBearer):
+    """Bearer token, or the console's session (unsafe methods then need the CSRF token)."""
+
+    def __call__(self, request: HttpRequest) -> Principal | None:
+        principal = principal_of(request)
+        if principal is not None and principal.via == "session" and request.method not in ("GET", "HEAD"):
+            if check_csrf(request) is not None:
+                raise HttpError(403, "CSRF check failed (send X-CSRFToken with a session)")
+        return principal
+
+    def authenticate(self, request: HttpRequest, token: str) -> Principal | None:
+        return principal_of(request)
+
+
+api = NinjaAPI(
+    title="fhirai",
+    version="1",
+    description="Items, timelines, retries, deliveries and models of a fhirai installation.",
+    urls_namespace="api",
+    openapi_url="/schema",
+    docs_url="/docs",
+    # Local Swagger UI assets from the ninja package ("ninja" is in INSTALLED_APPS); no validator
+    # badge, which would call validator.swagger.io.
+    docs=Swagger(settings={"validatorUrl": None}),
+    auth=ApiAuth(),
+)
+
+
+@api.exception_handler(NotRetryable)
+def _not_retryable(request: HttpRequest, exc: NotRetryable) -> Any:
+    return api.create_response(request, {"detail": str(exc)}, status=409)
+
+
+@api.exception_handler(DataError)
+def _data_error(request: HttpRequest, exc: DataError) -> Any:
+    # A filter value the database cannot hold (a NUL byte, a number out of range): the client's fault.
+    return api.create_response(
+        request, {"detail": "a parameter value is out of range for the database"}, status=422
+    )
+
+
+@api.exception_handler(NotFound)
+def _not_found(request: HttpRequest, exc: NotFound) -> Any:
+    return api.create_response(request, {"detail": str(exc)}, status=404)
+
+
+def _caller(request: HttpRequest, *roles: str) -> Principal:
+    """The authenticated caller, 403 unless it has one of `roles` (any role when none given)."""
+    principal: Principal = request.auth  # type: ignore[attr-defined]
+    if roles and principal.role not in roles:
+        raise HttpError(403, f"role {principal.role} may not do this (needs {' or '.join(roles)})")
+    return principal
+
+
+ERRORS = {401: s.ErrorOut, 403: s.ErrorOut, 422: s.ValidationErrorOut}
+
+
+# --- health ----------------------------------------------------------------------------------------
+@api.get("/health", auth=None, response={200: s.HealthOut, 503: s.HealthOut}, tags=["health"])
+def health(request: HttpRequest) -> Status:
+    """Database and broker reachability, and the queue depths where the broker tells them."""
+    result = health_check()
+    return Status(200 if result["status"] == "ok" else 503, result)
+
+
+# --- studies ---------------------------------------------------------------------------------------
+RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})")
+
+
+def _rfc3339(value: object) -> object:
+    """The schema promises date-time (RFC 3339); pydantic alone would also take '0.5' or a date."""
+    if isinstance(value, str) and not RFC3339.fullmatch(value):
+        raise ValueError("expected an RFC 3339 date-time, e.g. 2026-01-31T08:00:00Z")
+    return value
+
+
+def _utc(value: datetime) -> datetime:
+    """In UTC: RFC 3339 allows offsets up to 23:59, PostgreSQL only to 15:59."""
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("date-time out of range") from None
+
+
+DateTime = Annotated[datetime, BeforeValidator(_rfc3339), AfterValidator(_utc)]
+MAX_OFFSET = 10**9
+MAX_ID = 2**63 - 1  # bigint: a larger id is a 422, not a database error
+Limit = Query(50, ge=1, le=MAX_LIMIT)
+Offset = Query(0, ge=0, le=MAX_OFFSET)
+
+
+class StudyFilter(Schema):
+    state: str | None = None
+    modality: str | None = None
+    model: str | None = None
+    received_from: DateTime | None = None
+    received_to: DateTime | None = None
+    patient: str | None = None  # the patient's pseudonym
+    mrn: str | None = None  # identified searches: admin and operator only, audited
+    name: str | None = None
+    accession: str | None = None
+    limit: int = Field(50, ge=1, le=MAX_LIMIT)
+    offset: int = Field(0, ge=0, le=MAX_OFFSET)
+
+
+def _page(limit: int, offset: int) -> tuple[int, int]:
+    if not 1 <= limit <= MAX_LIMIT or not 0 <= offset <= MAX_OFFSET:
+        raise HttpError(422, f"limit must be 1 to {MAX_LIMIT} and offset at least 0")
+    return limit, offset
+
+
+def _study_out(study: Study, principal: Principal) -> dict[str, Any]:
+    out = {
+        "id": study.pk,
+        "state": study.state,
+        "state_changed_at": study.state_changed_at,
+        "revision": study.revision,
+        "error": study.error,
+        "modalities": study.modalities,
+        "body_part": study.body_part,
+        "calling_ae": study.calling_ae,
+        "instance_count": study.instance_count,
+        "first_received_at": study.first_received_at,
+        "last_received_at": study.last_received_at,
+        "patient_pseudonym": patient_pseudonym(study.patient_id, study.issuer_of_patient_id),
+        "accession_pseudonym": accession_pseudonym(study.accession_number) if study.accession_number else "",
+        "study_uid_pseudonym": uid_remap(study.study_uid),
+        "models": sorted({str(j.model) for j in study.jobs.all()}),
+        "phi": None,
+    }
+    if principal.sees_phi:
+        out["phi"] = {
+            "patient_name": study.patient_name,
+            "patient_id": study.patient_id,
+            "issuer_of_patient_id": study.issuer_of_patient_id,
+            "patient_birth_date": study.patient_birth_date,
+            "accession_number": study.accession_number,
+            "study_uid": study.study_uid,
+            "study_date": study.study_date,
+            "study_description": study.study_description,
+        }
+    return out
+
+
+def _studies_filtered(f: StudyFilter, principal: Principal) -> QuerySet[Study]:
+    qs = Study.objects.all()
+    if f.state:
+        qs = qs.filter(state=f.state)
+    if f.modality:
+        qs = qs.filter(modalities__icontains=f.modality)
+    if f.model:
+        qs = qs.filter(jobs__model__name=f.model).distinct()
+    if f.received_from:
+        qs = qs.filter(first_received_at__gte=f.received_from)
+    if f.received_to:
+        qs = qs.filter(first_received_at__lt=f.received_to)
+    if f.patient:
+        try:  # the vault maps the pseudonym back (and audits that read)
+            original = vault_lookup("patient-id", f.patient, purpose=f"api filter by {principal.name}")
+        except NotFound:
+            return Study.objects.none()
+        issuer, _, patient_id = original.rpartition("\x1f")
+        qs = qs.filter(patient_id=patient_id, issuer_of_patient_id=issuer)
+    if f.mrn:
+        qs = qs.filter(patient_id=f.mrn)
+    if f.name:
+        qs = qs.filter(patient_name__icontains=f.name)
+    if f.accession:
+        qs = qs.filter(accession_number=f.accession)
+    return qs
+
+
+@api.get("/studies", response={200: s.StudyPage, **ERRORS}, tags=["studies"])
+def studies_list(request: HttpRequest, filters: Query[StudyFilter]) -> dict[str, Any]:
+    """Studies, newest first; identified fields (`phi`) and searches by MRN, name or accession
+    number only for admin and operator, and audited."""
+    principal = _caller(request)
+    searched = [k for k in ("mrn", "name", "accession") if getattr(filters, k)]
+    if searched and not principal.sees_phi:
+        raise HttpError(403, f"role {principal.role} may not search by {', '.join(searched)}")
+    limit, offset = _page(filters.limit, filters.offset)
+    qs = _studies_filtered(filters, principal).order_by("-first_received_at", "-id")
+    rows = list(qs.prefetch_related("jobs__model")[offset : offset + limit])
+    if principal.sees_phi:
+        access_record(
+            principal,
+            "study.search" if searched else "study.list",
+            kind="study",
+            ids=[r.pk for r in rows],
+            detail=f"searched by {', '.join(searched)}" if searched else "",
+        )
+    return {
+        "count": qs.count(),
+        "limit": limit,
+        "offset": offset,
+        "items": [_study_out(r, principal) for r in rows],
+    }
+
+
+def _delivery_out(d: Delivery) -> dict[str, Any]:
+    summary = ""
+    if d.last_status is not None:  # the status and OperationOutcome codes; the body may echo PHI
+        summary = reply_summary(UpstreamReply(status=d.last_status, body=d.last_response))
+    elif d.last_response:
+        summary = d.last_response.splitlines()[0][:200]
+    return {
+        "id": d.pk,
+        "report": f"DiagnosticReport/{d.report.rid}",
+        "report_version": d.report_version,
+        "destination": d.destination,
+        "state": d.state,
+        "attempts": d.attempts,
+        "created_at": d.created_at,
+        "next_attempt_at": d.next_attempt_at,
+        "delivered_at": d.delivered_at,
+        "last_status": d.last_status,
+        "last_response_summary": summary,
+        "study_id": d.study_id,
+        "clinical_report_id": d.clinical_report_id,
+    }
+
+
+def _timeline(kind: str, item_id: int) -> list[dict[str, Any]]:
+    return [
+        {"event": e.event, "at": e.at, "detail": e.detail, "error": e.error}
+        for e in events_for(kind, item_id)
+    ]
+
+
+@api.get("/studies/{study_id}", response={200: s.StudyDetailOut, 404: s.ErrorOut, **ERRORS}, tags=["studies"])
+def study_detail(request: HttpRequest, study_id: int = Path(..., ge=1, le=MAX_ID)) -> dict[str, Any]:
+    """One study: state, timeline, inference jobs, its reports and their deliveries."""
+    principal = _caller(request)
+    study = get_object_or_404(Study.objects.prefetch_related("jobs__model"), pk=study_id)
+    out = _study_out(study, principal)
+    out["timeline"] = _timeline("study", study.pk)
+    out["jobs"] = [
+        {
+            "id": j.pk,
+            "model": str(j.model),
+            "revision": j.revision,
+            "state": j.state,
+            "attempts": j.attempts,
+            "dispatched_at": j.dispatched_at,
+            "finished_at": j.finished_at,
+            "error": j.error,
+        }
+        for j in sorted(study.jobs.all(), key=lambda j: j.pk)
+    ]
+    out["reports"] = [
+        f"DiagnosticReport/{rid}"
+        for rid in FhirResource.objects.filter(study=study, resource_type="DiagnosticReport")
+        .order_by("id")
+        .values_list("rid", flat=True)
+    ]
+    out["deliveries"] = [
+        _delivery_out(d) for d in Delivery.objects.filter(study=study).select_related("report").order_by("id")
+    ]
+    if principal.sees_phi:
+        access_record(principal, "study.view", kind="study", ids=[study.pk])
+    return out
+
+
+@api.post(
+    "/studies/{study_id}/retry",
+    response={200: s.RetryOut, 404: s.ErrorOut, 409: s.ErrorOut, **ERRORS},
+    tags=["studies"],
+)
+def study_retry_view(request: HttpRequest, study_id: int = Path(..., ge=1, le=MAX_ID)) -> dict[str, Any]:
+    """Restart a failed study from the stage it failed at (409 when it has not failed)."""
+    principal = _caller(request, *PHI_ROLES)
+    kind, detail = study_retry(study_id, actor=principal.name)
+    access_record(principal, "study.retry", kind="study", ids=[study_id], detail=kind)
+    return {"item": f"study/{study_id}", "kind": kind, "detail": detail}
+
+
+# --- HL7 messages ----------------------------------------------------------------------------------
+def _message_out(m: Message) -> dict[str, Any]:
+    return {
+        "id": m.pk,
+        "message_type": m.message_type,
+        "control_id": m.control_id,
+        "sender": m.sender,
+        "version": m.version,
+        "state": m.state,
+        "enhanced": m.enhanced,
+        "app_ack": m.app_ack,
+        "app_ack_state": m.app_ack_state,
+        "app_ack_code": m.app_ack_code,
+        "error": m.error,
+        "received_at": m.received_at,
+        "processed_at": m.processed_at,
+    }
+
+
+MESSAGE_FIELDS = (
+    "id message_type control_id sender version state enhanced app_ack app_ack_state app_ack_code "
+    "error received_at processed_at"
+).split()
+
+
+@api.get("/messages", response={200: s.MessagePage, **ERRORS}, tags=["messages"])
+def messages_list(
+    request: HttpRequest,
+    state: str | None = None,
+    message_type: str | None = None,
+    sender: str | None = None,
+    limit: int = Limit,
+    offset: int = Offset,
+) -> dict[str, Any]:
+    """HL7 v2 messages as received, newest first (no message content here)."""
+    _caller(request)
+    limit, offset = _page(limit, offset)
+    qs = Message.objects.only(*MESSAGE_FIELDS).order_by("-received_at", "-id")
+    if state:
+        qs = qs.filter(state=state)
+    if message_type:
+        qs = qs.filter(message_type=message_type)
+    if sender:
+        qs = qs.filter(sender=sender)
+    return {
+        "count": qs.count(),
+        "limit": limit,
+        "offset": offset,
+        "items": [_message_out(m) for m in qs[offset : offset + limit]],
+    }
+
+
+@api.get(
+    "/messages/{message_id}", response={200: s.MessageDetailOut, 404: s.ErrorOut, **ERRORS}, tags=["messages"]
+)
+def message_detail(request: HttpRequest, message_id: int = Path(..., ge=1, le=MAX_ID)) -> dict[str, Any]:
+    """One message with its timeline; the raw text only for admin and operator (audited)."""
+    principal = _caller(request)
+    message = get_object_or_404(Message, pk=message_id)
+    out = _message_out(message)
+    out["timeline"] = _timeline("message", message.pk)
+    if principal.sees_phi:
+        out["raw"] = bytes(message.raw).decode(message.codec or "utf-8", errors="replace")
+        access_record(principal, "message.view", kind="message", ids=[message.pk], detail="raw text")
+    return out
+
+
+# --- deliveries ------------------------------------------------------------------------------------
+@api.get("/deliveries", response={200: s.DeliveryPage, **ERRORS}, tags=["deliveries"])
+def deliveries_list(
+    request: HttpRequest,
+    state: str | None = None,
+    destination: str | None = None,
+    limit: int = Limit,
+    offset: int = Offset,
+) -> dict[str, Any]:
+    """Write-back deliveries (the outbox), newest first; `state=failed` for the ones to fix."""
+    _caller(request)
+    limit, offset = _page(limit, offset)
+    qs = Delivery.objects.select_related("report").order_by("-created_at", "-id")
+    if state:
+        qs = qs.filter(state=state)
+    if destination:
+        qs = qs.filter(destination=destination)
+    return {
+        "count": qs.count(),
+        "limit": limit,
+        "offset": offset,
+        "items": [_delivery_out(d) for d in qs[offset : offset + limit]],
+    }
+
+
+@api.post(
+    "/deliveries/{delivery_id}/retry",
+    response={200: s.RetryOut, 404: s.ErrorOut, 409: s.ErrorOut, **ERRORS},
+    tags=["deliveries"],
+)
+def delivery_retry_view(
+    request: HttpRequest, delivery_id: int = Path(..., ge=1, le=MAX_ID)
+) -> dict[str, Any]:
+    """Send a failed delivery again now (409 when it has not failed)."""
+    principal = _caller(request, *PHI_ROLES)
+    detail = delivery_retry(delivery_id, actor=principal.name)
+    access_record(principal, "delivery.retry", kind="delivery", ids=[delivery_id])
+    return {"item": f"delivery/{delivery_id}", "kind": "write-back", "detail": detail}
+
+
+# --- models ----------------------------------------------------------------------------------------
+def _model_out(m: ModelRecord) -> dict[str, Any]:
+    return {
+        "id": m.pk,
+        "name": m.name,
+        "version": m.version,
+        "title": m.title,
+        "task": m.task,
+        "format": m.format,
+        "enabled": m.enabled,
+        "accepts": m.accepts,
+    }
+
+
+@api.get("/models", response={200: list[s.ModelOut], **ERRORS}, tags=["models"])
+def models_list(request: HttpRequest) -> list[dict[str, Any]]:
+    """Registered models and what each accepts."""
+    _caller(request)
+    return [_model_out(m) for m in ModelRecord.objects.order_by("name", "version")]
+
+
+@api.patch(
+    "/models/{model_id}",
+    response={200: s.ModelOut, 400: s.ErrorOut, 404: s.ErrorOut, **ERRORS},
+    tags=["models"],
+)
+def model_update(request: HttpRequest, body: s.ModelPatch, model_id: int = Path(..., ge=1, le=MAX_ID)) -> Any:
+    """Enable or disable a model, or change what it accepts (admin and operator)."""
+    principal = _caller(request, *PHI_ROLES)
+    model = get_object_or_404(ModelRecord, pk=model_id)
+    fields = []
+    if body.accepts is not None:  # the keys sent replace those; the others stay
+        model.accepts = {**model.accepts, **body.accepts.model_dump(exclude_unset=True)}
+        fields.append("accepts")
+    if body.enabled is not None:
+        model.enabled = body.enabled
+        fields.append("enabled")
+    if fields:
+        model.save(update_fields=fields)
+        access_record(principal, "model.update", kind="model", ids=[model.pk], detail=", ".join(fields))
+    return _model_out(model)
+
+
+# --- access audit ----------------------------------------------------------------------------------
+@api.get("/audit", response={200: list[s.AccessOut], **ERRORS}, tags=["audit"])
+def audit_list(
+    request: HttpRequest, actor: str | None = None, limit: int = Limit, offset: int = Offset
+) -> Any:
+    """Who viewed or searched identified data, or changed something, through the API (admin, auditor)."""
+    _caller(request, Role.ADMIN, Role.AUDITOR)
+    limit, offset = _page(limit, offset)
+    qs = AccessEvent.objects.order_by("-at", "-id")
+    if actor:
+        qs = qs.filter(actor=actor)
+    return list(qs[offset : offset + limit])

@@ -1,0 +1,151 @@
+"""Operator retry of a failed item: restart it from the stage where it failed, reusing the
+pipeline's own idempotent steps. Per failure kind:
+
+- inference: the failed jobs of the current revision are queued again with a fresh attempt
+  count (the unique study/model/revision job is reused, never duplicated), the study goes back
+  to queued;
+- write-back: the failed deliveries of the report's current version go back to pending and are
+  dispatched now, the study goes back to reported (write-back completes it as usual);
+- otherwise (de-identification or anything earlier): the study goes back to complete and the
+  de-identification task is dispatched; it skips instances already done and then routes.
+
+Each restart is a conditional update from failed: a second retry, or a retry of an item that did
+not fail, changes nothing and raises NotRetryable (the API answers 409). Every retry is recorded
+on the item's timeline with who asked."""
+
+from __future__ import annotations
+
+from django.db import transaction
+from django.db.models import F
+from django.utils import timezone
+
+from fhirai.audit.timeline import Event, record
+from fhirai.celery import TASK_DEIDENTIFY, dispatch_on_commit
+from fhirai.errors import FhiraiError, NotFound
+from fhirai.ingest.models import Study, StudyState
+from fhirai.ingest.state import study_transition
+from fhirai.results.models import Delivery, DeliveryState
+from fhirai.results.task import job_task_put
+from fhirai.results.writeback import delivery_redispatch
+from fhirai.routing.jobs import job_dispatch
+from fhirai.routing.models import InferenceJob, JobState
+
+
+class NotRetryable(FhiraiError):
+    """The item is not in a failed state (nothing to retry, or someone already retried it)."""
+
+
+def _failed_jobs(study: Study) -> list[InferenceJob]:
+    return list(
+        InferenceJob.objects.filter(study=study, revision=study.revision, state=JobState.FAILED)
+        .select_related("model")
+        .order_by("id")
+    )
+
+
+def _failed_deliveries(study: Study) -> list[Delivery]:
+    return list(
+        Delivery.objects.filter(
+            study=study, state=DeliveryState.FAILED, report_version=F("report__version_id")
+        ).order_by("id")
+    )
+
+
+def study_retry_kind(study: Study) -> str:
+    """Which stage a failed study restarts from: inference, write-back or de-identification."""
+    if _failed_jobs(study):
+        return "inference"
+    if _failed_deliveries(study):
+        return "write-back"
+    return "de-identification"
+
+
+def study_retry(study_id: int, *, actor: str) -> tuple[str, str]:
+    """Restart a failed study from the stage it failed at; returns (kind, detail)."""
+    study = Study.objects.filter(pk=study_id).first()
+    if study is None:
+        raise NotFound(f"no study {study_id}")
+    if study.state != StudyState.FAILED:
+        raise NotRetryable(f"study {study_id} is {study.state}, not failed: nothing to retry")
+    kind = study_retry_kind(study)
+    with transaction.atomic():
+        if kind == "inference":
+            jobs = _failed_jobs(study)
+            detail = (
+                f"retry by {actor}: {len(jobs)} job(s) queued again ({', '.join(str(j.pk) for j in jobs)})"
+            )
+            _restart(study, StudyState.QUEUED, detail)
+            for job in jobs:
+                _job_requeue(job)
+        elif kind == "write-back":
+            deliveries = _failed_deliveries(study)
+            detail = f"retry by {actor}: {len(deliveries)} delivery(ies) to " + ", ".join(
+                sorted({d.destination for d in deliveries})
+            )
+            _restart(study, StudyState.REPORTED, detail)
+            for delivery in deliveries:
+                _delivery_requeue(delivery)
+        else:
+            detail = f"retry by {actor}: de-identification dispatched again"
+            _restart(study, StudyState.COMPLETE, detail)
+            dispatch_on_commit(TASK_DEIDENTIFY, study_id)
+    return kind, detail
+
+
+def _restart(study: Study, to: StudyState, detail: str) -> None:
+    if not study_transition(
+        study.pk,
+        from_states=[StudyState.FAILED],
+        to=to,
+        event=Event.RETRIED,
+        detail=detail,
+        revision=study.revision,
+    ):
+        raise NotRetryable(f"study {study.pk} changed meanwhile (someone else retried it?)")
+
+
+def _job_requeue(job: InferenceJob) -> None:
+    """A failed job runs again from attempt 1 (conditional: only if it is still failed)."""
+    moved = InferenceJob.objects.filter(pk=job.pk, state=JobState.FAILED).update(
+        state=JobState.QUEUED, attempts=1, error="", finished_at=None, dispatched_at=timezone.now()
+    )
+    if moved:
+        job.refresh_from_db()
+        job_task_put(job)
+        job_dispatch(job)
+
+
+def _delivery_requeue(delivery: Delivery) -> bool:
+    """A failed delivery goes back to the outbox, due now (conditional: only if still failed)."""
+    moved = Delivery.objects.filter(pk=delivery.pk, state=DeliveryState.FAILED).update(
+        state=DeliveryState.PENDING, next_attempt_at=timezone.now(), claimed_at=None
+    )
+    if moved:
+        delivery_redispatch(delivery.pk)
+    return bool(moved)
+
+
+def delivery_retry(delivery_id: int, *, actor: str) -> str:
+    """Send one failed delivery again. When it was the last failed delivery of a failed study, the
+    study goes back to reported, so a success completes it; returns a one-line account."""
+    delivery = Delivery.objects.select_related("clinical_report").filter(pk=delivery_id).first()
+    if delivery is None:
+        raise NotFound(f"no delivery {delivery_id}")
+    if delivery.state != DeliveryState.FAILED:
+        raise NotRetryable(f"delivery {delivery_id} is {delivery.state}, not failed: nothing to retry")
+    detail = f"retry by {actor}: delivery {delivery_id} to {delivery.destination} sent again"
+    study = delivery.study if delivery.study_id is not None else None
+    # Only a study that failed at write-back goes back to reported (not one whose model failed).
+    writeback_failed = (
+        study is not None and study.state == StudyState.FAILED and study_retry_kind(study) == "write-back"
+    )
+    with transaction.atomic():
+        if not _delivery_requeue(delivery):
+            raise NotRetryable(f"delivery {delivery_id} changed meanwhile (someone else retried it?)")
+        if study is not None and writeback_failed and not _failed_deliveries(study):
+            _restart(study, StudyState.REPORTED, detail)
+        elif study is not None:
+            record("study", study.pk, Event.RETRIED, detail=detail)
+        elif delivery.clinical_report is not None:
+            record(*delivery.clinical_report.timeline(), Event.RETRIED, detail=detail)
+    return detail
