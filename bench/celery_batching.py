@@ -342,15 +342,22 @@ def offline(
             ]
             run(pool[batches[0]])  # warm-up: oneDNN builds its primitives for this shape
             latencies = []
-            started = time.perf_counter()
+            started, cpu = time.perf_counter(), _cpu_seconds()
             for index in batches:
                 x = pool[index]  # gathering is not the model's time
                 t0 = time.perf_counter()
                 out = run(x)
                 latencies.append(time.perf_counter() - t0)
                 reference[index] = out.float()
-            elapsed = sum(latencies) or time.perf_counter() - started
-            by_size[size] = figure(size * len(batches), elapsed, latencies, batch=size)
+            wall, cpu = time.perf_counter() - started, _cpu_seconds() - cpu
+            by_size[size] = figure(
+                size * len(batches),
+                sum(latencies) or wall,
+                latencies,
+                batch=size,
+                cpu_per_image_ms=round(1000 * cpu / (size * len(batches)), 1),
+                cores=round(cpu / wall, 2),
+            )
         missing = torch.isnan(reference).any(1).nonzero().flatten()
         if len(missing):
             reference[missing] = run(pool[missing]).float()
@@ -558,6 +565,7 @@ def _tally(
             if delta["model_seconds"]
             else 0.0,
             worker_cpu_per_image_ms=round(1000 * delta["cpu_seconds"] / len(done), 1),
+            worker_cores=round(delta["cpu_seconds"] / elapsed, 2),
         )
     return ModeRun(mode, result_figure, outputs, argmax, failed, missing, wrong, errors[:5], after)
 
@@ -686,8 +694,11 @@ def print_report(report: Report, command: str) -> None:
     c = report.ceiling
     print(
         f"{'offline ceiling':<24} {c.images_per_s:>9.1f} {c.p50_ms:>9.1f} {c.p99_ms:>9.1f} "
-        f"{report.best_batch:>11}  ready batches in this process, latency per batch; rest of the machine"
-        f" {report.offline_rest_of_machine_cores} cores"
+        f"{report.best_batch:>11}  ready batches in this process, latency per batch"
+    )
+    print(
+        f"{'':<24} CPU per image {c.detail['cpu_per_image_ms']} ms ({c.detail['cores']} cores);"
+        f" rest of the machine {report.offline_rest_of_machine_cores} cores"
     )
     for mode, run in report.runs.items():
         f = run.figure
@@ -704,8 +715,8 @@ def print_report(report: Report, command: str) -> None:
             )
             print(
                 f"{'':<24} model busy {100 * d['model_busy']:.0f}% of the run, at "
-                f"{d['model_images_per_s']} images/s; CPU per image: worker "
-                f"{d['worker_cpu_per_image_ms']} ms, client {d['client_cpu_per_image_ms']} ms;"
+                f"{d['model_images_per_s']} images/s; CPU per image: worker {d['worker_cpu_per_image_ms']} ms"
+                f" ({d['worker_cores']} cores), client {d['client_cpu_per_image_ms']} ms;"
                 f" rest of the machine {d['rest_of_machine_cores']} cores; sent in {d['submit_s']} s;"
                 f" results at the client {d['client_images_per_s']} images/s"
             )
