@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from django.http import HttpRequest, HttpResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
@@ -15,14 +17,20 @@ from integrations.hl7.errors import HL7Error
 from integrations.hl7.handlers import header_or_none, inbound_from, reply_for
 
 ER7 = "x-application/hl7-v2+er7"
+log = logging.getLogger(__name__)
 
 
 @csrf_exempt
 @require_POST
 def receive(request: HttpRequest) -> HttpResponse:
     """200 with AA/AE/AR in the body; 503 (with AR, Retry-After) when storage is unavailable."""
-    raw = request.body
-    peer = f"http:{request.META.get('REMOTE_ADDR', '?')}"
+    return hl7_over_http(request.body, f"http:{request.META.get('REMOTE_ADDR', '?')}")
+
+
+def hl7_over_http(raw: bytes, peer: str) -> HttpResponse:
+    """One HL7 v2 message posted over HTTP (/hl7/, signed /hooks/): the MLLP listener's checks and
+    durable commit, then the ACK as the response body. A message committed but not queued (broker
+    down) is still acknowledged: it is durable, and the sweep dispatches it."""
     try:
         header, inbound = inbound_from(raw, peer)
     except HL7Error as exc:
@@ -38,7 +46,10 @@ def receive(request: HttpRequest) -> HttpResponse:
         response["Retry-After"] = "30"
         return response
     if not stored.duplicate:
-        messages_dispatch(stored.message_id)
+        try:
+            messages_dispatch(stored.message_id)
+        except Exception:  # noqa: BLE001 - committed already; the sweep dispatches it
+            log.warning("HL7 message %s from %s not queued now; the sweep will", stored.message_id, peer[:40])
     return _reply(reply_for(header, stored, None))
 
 

@@ -24,19 +24,15 @@ from django.views.decorators.csrf import csrf_exempt
 
 from fhirai import errors as domain
 from fhirai.ingest.fhir import EntryError, bundle_process, fhir_create
-from fhirai.ingest.messages import messages_dispatch, messages_receive
 from fhirai.ingest.receive import input_reject
 from fhirai.results.store import ResourceInvalid
 from fhirai.webhooks.receipts import hook_receipt_forget, hook_receipt_record
 from integrations.fhir import outcome
 from integrations.fhir.outcome import FHIR_JSON
-from integrations.hl7 import errors as hl7_errors
-from integrations.hl7.errors import HL7Error
-from integrations.hl7.handlers import header_or_none, inbound_from, reply_for
+from integrations.hl7.views import hl7_over_http
 from integrations.webhooks import signing
 
 log = logging.getLogger(__name__)
-ER7 = "x-application/hl7-v2+er7"
 HL7_TYPES = {"application/hl7-v2", "application/hl7-v2+er7", "x-application/hl7-v2+er7"}
 FHIR_TYPES = {"application/fhir+json", "application/json+fhir"}
 PROTOCOL = "webhook"
@@ -75,7 +71,7 @@ def hook(request: HttpRequest, source: str) -> HttpResponse:
     except _Refused as refused:
         return _refuse(refused, body=body, peer=peer, source=source)
     try:
-        response = _hl7(body, peer) if kind == "hl7" else _fhir(body, peer)
+        response = hl7_over_http(body, peer) if kind == "hl7" else _fhir(body, peer)
     except Exception:
         hook_receipt_forget(source, message_id)  # not taken: the sender's retry is not a replay
         raise
@@ -130,34 +126,6 @@ def _refuse(refused: _Refused, *, body: bytes, peer: str, source: str) -> HttpRe
         log.warning("a refused hook from %s could not be kept: database unavailable", peer)
     log.info("hook %s refused: %s %s", source[:40], refused.status, refused.code)
     return JsonResponse({"error": refused.code, "detail": refused.detail}, status=refused.status)
-
-
-def _hl7(raw: bytes, peer: str) -> HttpResponse:
-    """As /hl7/ and MLLP: checks, durable commit, then the ACK (AA, or AE/AR with ERR)."""
-    try:
-        header, inbound = inbound_from(raw, peer)
-    except HL7Error as exc:
-        input_reject(protocol="hl7", raw=raw, peer=peer, code=exc.condition[0], detail=str(exc))
-        return _er7(reply_for(header_or_none(raw), None, exc))
-    try:
-        [stored] = messages_receive([inbound])
-    except domain.Unavailable:
-        error = HL7Error(
-            hl7_errors.APPLICATION_INTERNAL_ERROR, "temporarily unable to store the message", reject=True
-        )
-        response = _er7(reply_for(header, None, error), status=503)
-        response["Retry-After"] = "30"
-        return response
-    if not stored.duplicate:
-        try:
-            messages_dispatch(stored.message_id)
-        except Exception:  # noqa: BLE001 - committed already; the sweep dispatches it
-            log.warning("HL7 message %s from a hook not queued now; the sweep will", stored.message_id)
-    return _er7(reply_for(header, stored, None))
-
-
-def _er7(body: bytes | None, status: int = 200) -> HttpResponse:
-    return HttpResponse(body or b"", status=status if body else 204, content_type=ER7)
 
 
 def _fhir(raw: bytes, peer: str) -> HttpResponse:
