@@ -36,6 +36,24 @@ def job_task_put(job: Any) -> FhirResource:
     resource_put(validated(device))
     resource_put(validated(imaging), study_id=study.pk)
     key = f"{study_uid}\x1f{model.name}\x1f{model.version}\x1f{job.revision}"
+    task = _task(job, key, device, f"{model.title} {model.version} on the de-identified images of the study")
+    task["focus"] = {
+        "reference": f"ImagingStudy/{imaging['id']}",
+        "identifier": {"system": "urn:dicom:uid", "value": f"urn:oid:{study_uid}"},
+    }
+    task["for"] = subject
+    if order is not None:
+        task["basedOn"] = [order_reference(order)]
+    report = report_id(study_uid, model)
+    if _report_written(job, report):
+        task["output"] = [_output(report)]
+    return resource_put(validated(task), study_id=study.pk)
+
+
+def _task(job: Any, key: str, device: dict[str, Any], description: str) -> dict[str, Any]:
+    """What every job's Task says: identity, status, the model as owner, the execution period,
+    and why it failed."""
+    model = job.model
     task: dict[str, Any] = {
         "resourceType": "Task",
         "id": stable_id("Task", key),
@@ -47,12 +65,7 @@ def job_task_put(job: Any) -> FhirResource:
             "coding": [{"system": TASK_CODE, "code": "fulfill", "display": "Fulfill the focal request"}],
             "text": f"AI inference: {model.title}",
         },
-        "description": f"{model.title} {model.version} on the de-identified images of the study",
-        "focus": {
-            "reference": f"ImagingStudy/{imaging['id']}",
-            "identifier": {"system": "urn:dicom:uid", "value": f"urn:oid:{study_uid}"},
-        },
-        "for": subject,
+        "description": description,
         "authoredOn": job.dispatched_at.isoformat(),
         "lastModified": timezone.now().isoformat(),
         "owner": {"reference": f"Device/{device['id']}", "display": f"{model.title} {model.version}"},
@@ -61,22 +74,20 @@ def job_task_put(job: Any) -> FhirResource:
             **({"end": job.finished_at.isoformat()} if job.finished_at else {}),
         },
     }
-    if order is not None:
-        task["basedOn"] = [order_reference(order)]
     if job.state == "failed" and job.error:
         task["statusReason"] = {"text": job.error[:500]}
-    report = report_id(study_uid, model)
-    if (
+    return task
+
+
+def _report_written(job: Any, report: str) -> bool:
+    return (
         job.state == "done"
         and FhirResource.objects.filter(resource_type="DiagnosticReport", rid=report).exists()
-    ):
-        task["output"] = [
-            {
-                "type": {"text": "AI result"},
-                "valueReference": {"reference": f"DiagnosticReport/{report}"},
-            }
-        ]
-    return resource_put(validated(task), study_id=study.pk)
+    )
+
+
+def _output(report: str) -> dict[str, Any]:
+    return {"type": {"text": "AI result"}, "valueReference": {"reference": f"DiagnosticReport/{report}"}}
 
 
 def _text_job_task_put(job: Any) -> FhirResource:
@@ -86,37 +97,16 @@ def _text_job_task_put(job: Any) -> FhirResource:
     resource_put(validated(device))
     patient = clinical.patient.surviving() if clinical.patient else None
     key = f"{clinical.source_key()}\x1f{model.name}\x1f{model.version}"
-    task: dict[str, Any] = {
-        "resourceType": "Task",
-        "id": stable_id("Task", key),
-        "identifier": [{"system": system("job"), "value": stable_id("job", key)}],
-        "status": STATUS.get(job.state, "in-progress"),
-        "businessStatus": {"text": f"{job.state}, attempt {job.attempts}"},
-        "intent": "order",
-        "code": {
-            "coding": [{"system": TASK_CODE, "code": "fulfill", "display": "Fulfill the focal request"}],
-            "text": f"AI inference: {model.title}",
-        },
-        "description": f"{model.title} {model.version} on the de-identified text of {clinical.source_text()}",
-        "authoredOn": job.dispatched_at.isoformat(),
-        "lastModified": timezone.now().isoformat(),
-        "owner": {"reference": f"Device/{device['id']}", "display": f"{model.title} {model.version}"},
-        "executionPeriod": {
-            "start": job.dispatched_at.isoformat(),
-            **({"end": job.finished_at.isoformat()} if job.finished_at else {}),
-        },
-    }
+    task = _task(
+        job,
+        key,
+        device,
+        f"{model.title} {model.version} on the de-identified text of {clinical.source_text()}",
+    )
     if patient is not None:
         task["for"] = patient_reference(patient)
-    if job.state == "failed" and job.error:
-        task["statusReason"] = {"text": job.error[:500]}
     report = stable_id("DiagnosticReport", key)
-    if (
-        job.state == "done"
-        and FhirResource.objects.filter(resource_type="DiagnosticReport", rid=report).exists()
-    ):
+    if _report_written(job, report):
         task["focus"] = {"reference": f"DiagnosticReport/{report}"}
-        task["output"] = [
-            {"type": {"text": "AI result"}, "valueReference": {"reference": f"DiagnosticReport/{report}"}}
-        ]
+        task["output"] = [_output(report)]
     return resource_put(validated(task))
