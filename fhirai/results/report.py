@@ -459,6 +459,23 @@ def observation_resource(
     if spec is None:
         raise ValueError(f"model {model} returned {name!r}, which its record does not declare")
     value = round(float(measurement["value"]), int(spec.get("decimals", 2)))
+    obs = _observation(name, spec["coding"], report_value, subject, device_id, effective, issued, status)
+    obs["valueQuantity"] = {"value": value, "unit": spec["unit"], "system": UCUM, "code": spec["unit"]}
+    return obs
+
+
+def _observation(
+    name: str,
+    coding: dict[str, Any],
+    report_value: str,
+    subject: dict[str, Any],
+    device_id: str,
+    effective: datetime,
+    issued: datetime,
+    status: str,
+) -> dict[str, Any]:
+    """What every AI Observation of a report says: its identity, the AI tag, code, subject, times
+    and the model as device; the caller adds the value."""
     return {
         "resourceType": "Observation",
         "id": stable_id("Observation", report_value, name),
@@ -466,11 +483,10 @@ def observation_resource(
         "identifier": [{"system": system("observation"), "value": f"{report_value}.{name}"}],
         "status": status,
         "category": [{"coding": [{"system": OBS_CATEGORY, "code": "imaging", "display": "Imaging"}]}],
-        "code": {"coding": [spec["coding"]], "text": spec["coding"].get("display", name)},
-        "subject": subject,
+        "code": {"coding": [coding], "text": coding.get("display", name)},
+        **({"subject": subject} if subject else {}),
         "effectiveDateTime": effective.isoformat(),
         "issued": issued.isoformat(),
-        "valueQuantity": {"value": value, "unit": spec["unit"], "system": UCUM, "code": spec["unit"]},
         "device": {"reference": f"Device/{device_id}"},
     }
 
@@ -495,21 +511,9 @@ def finding_observation(
         value = PRESENT if finding.get("present") else ABSENT
     else:
         value = {"affirmed": PRESENT, "negated": ABSENT}.get(finding.get("status", ""), INDETERMINATE)
-    obs: dict[str, Any] = {
-        "resourceType": "Observation",
-        "id": stable_id("Observation", report_value, name),
-        "meta": {"tag": [AI_TAG]},
-        "identifier": [{"system": system("observation"), "value": f"{report_value}.{name}"}],
-        "status": status,
-        "category": [{"coding": [{"system": OBS_CATEGORY, "code": "imaging", "display": "Imaging"}]}],
-        "code": {"coding": [coding], "text": coding.get("display", name)},
-        **({"subject": subject} if subject else {}),
-        "effectiveDateTime": effective.isoformat(),
-        "issued": issued.isoformat(),
-        "valueCodeableConcept": {"coding": [value], "text": value["display"]},
-        "device": {"reference": f"Device/{device_id}"},
-        "note": [{"text": AI_NOTE}],
-    }
+    obs = _observation(name, coding, report_value, subject, device_id, effective, issued, status)
+    obs["valueCodeableConcept"] = {"coding": [value], "text": value["display"]}
+    obs["note"] = [{"text": AI_NOTE}]
     if "probability" in finding:
         obs["method"] = {"text": f"{model.title} {model.version}: image classifier"}
         obs["component"] = [
