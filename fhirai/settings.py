@@ -188,7 +188,7 @@ STATIC_URL = "static/"
 STATIC_ROOT = DATA_DIR / "static"
 STATIC_ROOT.mkdir(exist_ok=True)
 WHITENOISE_USE_FINDERS = True  # serve the admin's assets from the installed packages, no collectstatic
-LOGIN_URL = "/admin/login/"
+LOGIN_URL = "/login/"
 
 # --- listeners (DESIGN.md public contract) -----------------------------------------------------
 FHIRAI_BIND_ADDRESS = env_str("FHIRAI_BIND_ADDRESS", "127.0.0.1")

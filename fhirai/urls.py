@@ -23,5 +23,5 @@ urlpatterns = [
     path("api/", api.urls),
     path("healthz", ui.healthz, name="healthz"),
     path("admin/", admin.site.urls),
-    path("", ui.home, name="home"),
+    path("", include("fhirai.ui.urls")),
 ]

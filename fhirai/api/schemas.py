@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Any
 
 from ninja import Schema
-from pydantic import ConfigDict
+from pydantic import ConfigDict, Field
 
 
 class ErrorOut(Schema):
@@ -183,3 +183,42 @@ class AccessOut(Schema):
     item_kind: str
     item_ids: list[int]
     detail: str
+
+
+class DestinationOut(Schema):
+    name: str
+    kind: str
+    address: str
+    enabled: bool
+    origin: str
+
+
+PORT = r"(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[1-9][0-9]{0,3})"
+HOST = r"[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*"
+PEER_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,58}$"
+
+
+class FhirDestinationIn(Schema):
+    """The upstream FHIR server: an http(s) base URL (no query or fragment)."""
+
+    model_config = ConfigDict(extra="forbid")
+    url: str = Field(pattern=rf"^https?://{HOST}(:{PORT})?(/[A-Za-z0-9._~-]+)*/?$", max_length=2000)
+    enabled: bool = True
+
+
+class MllpDestinationIn(Schema):
+    model_config = ConfigDict(extra="forbid")
+    host: str = Field(pattern=rf"^{HOST}$", max_length=253)
+    port: int = Field(ge=1, le=65535)
+    enabled: bool = True
+
+
+class WebhookDeliveryOut(Schema):
+    id: int
+    subscription: str
+    event_type: str
+    message_id: str
+    state: str
+    attempts: int
+    last_status: int | None
+    created_at: datetime

@@ -28,13 +28,22 @@ from fhirai.api.models import AccessEvent, Role
 from fhirai.audit.timeline import events_for
 from fhirai.deid.profile import accession_pseudonym, patient_pseudonym
 from fhirai.deid.pseudonym import uid_remap
-from fhirai.deid.vault import vault_lookup
 from fhirai.errors import NotFound
 from fhirai.ingest.models import Message, Study
-from fhirai.ops.retry import NotRetryable, delivery_retry, study_retry
+from fhirai.ops.retry import (
+    NotRetryable,
+    delivery_retry,
+    message_replay,
+    message_retry,
+    study_replay,
+    study_retry,
+)
+from fhirai.ops.worklist import ItemFilter, studies_filter
+from fhirai.results import destinations as dest
 from fhirai.results.models import Delivery, FhirResource
 from fhirai.results.writeback import UpstreamReply, reply_summary
 from fhirai.routing.models import ModelRecord
+from fhirai.webhooks.outbox import webhook_replay, webhooks_dead
 
 MAX_LIMIT = 500
 
@@ -184,31 +193,20 @@ def _study_out(study: Study, principal: Principal) -> dict[str, Any]:
 
 
 def _studies_filtered(f: StudyFilter, principal: Principal) -> QuerySet[Study]:
-    qs = Study.objects.all()
-    if f.state:
-        qs = qs.filter(state=f.state)
-    if f.modality:
-        qs = qs.filter(modalities__icontains=f.modality)
-    if f.model:
-        qs = qs.filter(jobs__model__name=f.model).distinct()
-    if f.received_from:
-        qs = qs.filter(first_received_at__gte=f.received_from)
-    if f.received_to:
-        qs = qs.filter(first_received_at__lt=f.received_to)
-    if f.patient:
-        try:  # the vault maps the pseudonym back (and audits that read)
-            original = vault_lookup("patient-id", f.patient, purpose=f"api filter by {principal.name}")
-        except NotFound:
-            return Study.objects.none()
-        issuer, _, patient_id = original.rpartition("\x1f")
-        qs = qs.filter(patient_id=patient_id, issuer_of_patient_id=issuer)
-    if f.mrn:
-        qs = qs.filter(patient_id=f.mrn)
-    if f.name:
-        qs = qs.filter(patient_name__icontains=f.name)
-    if f.accession:
-        qs = qs.filter(accession_number=f.accession)
-    return qs
+    qs = studies_filter(
+        ItemFilter(
+            state=f.state or "",
+            model=f.model or "",
+            received_from=f.received_from,
+            received_to=f.received_to,
+            patient=f.patient or "",
+            mrn=f.mrn or "",
+            name=f.name or "",
+            accession=f.accession or "",
+        ),
+        actor=principal.name,
+    )
+    return qs.filter(modalities__icontains=f.modality) if f.modality else qs
 
 
 @api.get("/studies", response={200: s.StudyPage, **ERRORS}, tags=["studies"])
@@ -220,7 +218,7 @@ def studies_list(request: HttpRequest, filters: Query[StudyFilter]) -> dict[str,
     if searched and not principal.sees_phi:
         raise HttpError(403, f"role {principal.role} may not search by {', '.join(searched)}")
     limit, offset = _page(filters.limit, filters.offset)
-    qs = _studies_filtered(filters, principal).order_by("-first_received_at", "-id")
+    qs = _studies_filtered(filters, principal)
     rows = list(qs.prefetch_related("jobs__model")[offset : offset + limit])
     if principal.sees_phi:
         access_record(
@@ -315,6 +313,19 @@ def study_retry_view(request: HttpRequest, study_id: int = Path(..., ge=1, le=MA
     return {"item": f"study/{study_id}", "kind": kind, "detail": detail}
 
 
+@api.post(
+    "/studies/{study_id}/replay",
+    response={200: s.RetryOut, 404: s.ErrorOut, 409: s.ErrorOut, **ERRORS},
+    tags=["studies"],
+)
+def study_replay_view(request: HttpRequest, study_id: int = Path(..., ge=1, le=MAX_ID)) -> dict[str, Any]:
+    """Run a finished study through the pipeline again as a new revision (409 while in progress)."""
+    principal = _caller(request, *PHI_ROLES)
+    detail = study_replay(study_id, actor=principal.name)
+    access_record(principal, "study.replay", kind="study", ids=[study_id])
+    return {"item": f"study/{study_id}", "kind": "replay", "detail": detail}
+
+
 # --- HL7 messages ----------------------------------------------------------------------------------
 def _message_out(m: Message) -> dict[str, Any]:
     return {
@@ -380,6 +391,32 @@ def message_detail(request: HttpRequest, message_id: int = Path(..., ge=1, le=MA
         out["raw"] = bytes(message.raw).decode(message.codec or "utf-8", errors="replace")
         access_record(principal, "message.view", kind="message", ids=[message.pk], detail="raw text")
     return out
+
+
+@api.post(
+    "/messages/{message_id}/retry",
+    response={200: s.RetryOut, 404: s.ErrorOut, 409: s.ErrorOut, **ERRORS},
+    tags=["messages"],
+)
+def message_retry_view(request: HttpRequest, message_id: int = Path(..., ge=1, le=MAX_ID)) -> dict[str, Any]:
+    """Apply a failed message again (409 when it has not failed)."""
+    principal = _caller(request, *PHI_ROLES)
+    detail = message_retry(message_id, actor=principal.name)
+    access_record(principal, "message.retry", kind="message", ids=[message_id])
+    return {"item": f"message/{message_id}", "kind": "message", "detail": detail}
+
+
+@api.post(
+    "/messages/{message_id}/replay",
+    response={200: s.RetryOut, 404: s.ErrorOut, 409: s.ErrorOut, **ERRORS},
+    tags=["messages"],
+)
+def message_replay_view(request: HttpRequest, message_id: int = Path(..., ge=1, le=MAX_ID)) -> dict[str, Any]:
+    """Apply a processed or failed message again, as received (409 while it waits to be applied)."""
+    principal = _caller(request, *PHI_ROLES)
+    detail = message_replay(message_id, actor=principal.name)
+    access_record(principal, "message.replay", kind="message", ids=[message_id])
+    return {"item": f"message/{message_id}", "kind": "replay", "detail": detail}
 
 
 # --- deliveries ------------------------------------------------------------------------------------
@@ -463,6 +500,85 @@ def model_update(request: HttpRequest, body: s.ModelPatch, model_id: int = Path(
         model.save(update_fields=fields)
         access_record(principal, "model.update", kind="model", ids=[model.pk], detail=", ".join(fields))
     return _model_out(model)
+
+
+# --- destinations and webhooks ---------------------------------------------------------------------
+def _destination_out(d: dest.DestinationView) -> dict[str, Any]:
+    return {"name": d.name, "kind": d.kind, "address": d.address, "enabled": d.enabled, "origin": d.origin}
+
+
+@api.get("/destinations", response={200: list[s.DestinationOut], **ERRORS}, tags=["configuration"])
+def destinations_list(request: HttpRequest) -> list[dict[str, Any]]:
+    """Where reports are written: the settings' destinations and the console's changes."""
+    _caller(request, *PHI_ROLES)
+    return [_destination_out(d) for d in dest.destination_list()]
+
+
+def _destination_set(request: HttpRequest, name: str, address: str, enabled: bool) -> dict[str, Any]:
+    principal = _caller(request, *PHI_ROLES)
+    try:
+        view = dest.destination_save(name, address, enabled=enabled, actor=principal.name)
+    except dest.InvalidDestination as exc:
+        raise HttpError(400, str(exc)) from None
+    access_record(principal, "config.destination", kind="config", detail=f"{view.name} saved")
+    return _destination_out(view)
+
+
+@api.put(
+    "/destinations/fhir-upstream",
+    response={200: s.DestinationOut, 400: s.ErrorOut, **ERRORS},
+    tags=["configuration"],
+)
+def destination_fhir_put(request: HttpRequest, body: s.FhirDestinationIn) -> Any:
+    """Set the upstream FHIR server's base URL and switch (its credentials stay in the settings)."""
+    return _destination_set(request, dest.FHIR_UPSTREAM, body.url, body.enabled)
+
+
+@api.put(
+    "/destinations/mllp/{peer}",
+    response={200: s.DestinationOut, 400: s.ErrorOut, **ERRORS},
+    tags=["configuration"],
+)
+def destination_mllp_put(
+    request: HttpRequest,
+    body: s.MllpDestinationIn,
+    peer: str = Path(..., pattern=s.PEER_PATTERN),
+) -> Any:
+    """Set (or add) an HL7 v2 peer that gets ORU^R01 results and application ACKs."""
+    return _destination_set(request, f"{dest.MLLP_PREFIX}{peer}", f"{body.host}:{body.port}", body.enabled)
+
+
+@api.get("/webhooks/dead", response={200: list[s.WebhookDeliveryOut], **ERRORS}, tags=["webhooks"])
+def webhooks_dead_list(request: HttpRequest) -> Any:
+    """The dead-letter list: webhook deliveries that failed every attempt, newest first."""
+    _caller(request, *PHI_ROLES)
+    return [
+        {
+            "id": d.pk,
+            "subscription": d.subscription.name,
+            "event_type": d.event_type,
+            "message_id": d.message_id,
+            "state": d.state,
+            "attempts": d.attempts,
+            "last_status": d.last_status,
+            "created_at": d.created_at,
+        }
+        for d in webhooks_dead()
+    ]
+
+
+@api.post(
+    "/webhooks/deliveries/{delivery_id}/replay",
+    response={200: s.RetryOut, 404: s.ErrorOut, 409: s.ErrorOut, **ERRORS},
+    tags=["webhooks"],
+)
+def webhook_replay_api(request: HttpRequest, delivery_id: int = Path(..., ge=1, le=MAX_ID)) -> Any:
+    """Send a dead webhook delivery again under the same webhook-id (409 when it is not dead)."""
+    principal = _caller(request, *PHI_ROLES)
+    if not webhook_replay(delivery_id):
+        raise NotRetryable(f"webhook delivery {delivery_id} is not in the dead-letter list")
+    access_record(principal, "webhook.replay", kind="webhook", ids=[delivery_id])
+    return {"item": f"webhook-delivery/{delivery_id}", "kind": "replay", "detail": "queued again"}
 
 
 # --- access audit ----------------------------------------------------------------------------------

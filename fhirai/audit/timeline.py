@@ -20,6 +20,7 @@ class Event(models.TextChoices):
     WRITTEN_BACK = "written_back"
     SKIPPED = "skipped"
     RETRIED = "retried"
+    REPLAYED = "replayed"
     FAILED = "failed"
 
 

@@ -19,6 +19,7 @@ from fhirai.audit.timeline import Event, record
 from fhirai.celery import TASK_APP_ACK, dispatch_on_commit
 from fhirai.errors import Unavailable
 from fhirai.ingest.models import Message
+from fhirai.results.destinations import hl7_peers
 from fhirai.results.writeback import backoff
 
 log = logging.getLogger(__name__)
@@ -52,12 +53,12 @@ def app_ack_send(message_id: int) -> None:
     message = Message.objects.get(pk=message_id)
     peer = message.sender.split("^", 1)[0]
     attempts = message.app_ack_attempts + 1
-    if peer not in settings.FHIRAI_HL7_PEERS:
+    if peer not in hl7_peers():
         _finish(
             message,
             FAILED,
             attempts,
-            error=f"no HL7 peer named {peer} in FHIRAI_HL7_PEERS to send the application acknowledgment to",
+            error=f"no HL7 peer named {peer} (FHIRAI_HL7_PEERS or the console) to send the application acknowledgment to",
         )
         return
     sender: AckSender = import_string(settings.FHIRAI_HL7_ACK_SENDER)

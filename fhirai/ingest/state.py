@@ -8,6 +8,7 @@ import logging
 from collections.abc import Iterable
 
 from django.db import transaction
+from django.db.models import F
 from django.utils import timezone
 
 from fhirai.audit.timeline import Event, record
@@ -26,14 +27,17 @@ def study_transition(
     detail: str = "",
     error: str = "",
     revision: int | None = None,
+    revision_bump: bool = False,
     **fields: object,
 ) -> bool:
-    """Move the study from one of `from_states` to `to` (and, if given, only at `revision`).
-    True when this call made the change."""
+    """Move the study from one of `from_states` to `to` (and, if given, only at `revision`;
+    `revision_bump` opens the next revision in the same update). True when this call made the change."""
     with transaction.atomic():
         qs = Study.objects.filter(pk=study_id, state__in=[s.value for s in from_states])
         if revision is not None:
             qs = qs.filter(revision=revision)
+        if revision_bump:
+            fields["revision"] = F("revision") + 1
         changed = qs.update(state=to.value, state_changed_at=timezone.now(), error=error, **fields)
         if changed:
             record("study", study_id, event, detail=detail, error=error)

@@ -9,6 +9,11 @@ pipeline's own idempotent steps. Per failure kind:
 - otherwise (de-identification or anything earlier): the study goes back to complete and the
   de-identification task is dispatched; it skips instances already done and then routes.
 
+Replay runs a finished item through the pipeline again: a study opens a new revision (the same
+path a late instance takes: de-identification, routing, new jobs, an amended report), an HL7
+message is applied again as received. Retry and replay of HL7 messages and FHIR-sourced clinical
+reports follow the same rules.
+
 Each restart is a conditional update from failed: a second retry, or a retry of an item that did
 not fail, changes nothing and raises NotRetryable (the API answers 409). Every retry is recorded
 on the item's timeline with who asked."""
@@ -20,9 +25,10 @@ from django.db.models import F
 from django.utils import timezone
 
 from fhirai.audit.timeline import Event, record
-from fhirai.celery import TASK_DEIDENTIFY, dispatch_on_commit
+from fhirai.celery import TASK_DEIDENTIFY, TASK_MESSAGES_PROCESS, dispatch_on_commit
+from fhirai.context.models import ClinicalReport
 from fhirai.errors import FhiraiError, NotFound
-from fhirai.ingest.models import Study, StudyState
+from fhirai.ingest.models import Message, MessageState, Study, StudyState
 from fhirai.ingest.state import study_transition
 from fhirai.results.models import Delivery, DeliveryState
 from fhirai.results.task import job_task_put
@@ -148,4 +154,108 @@ def delivery_retry(delivery_id: int, *, actor: str) -> str:
             record("study", study.pk, Event.RETRIED, detail=detail)
         elif delivery.clinical_report is not None:
             record(*delivery.clinical_report.timeline(), Event.RETRIED, detail=detail)
+    return detail
+
+
+REPLAYABLE = (StudyState.WRITTEN_BACK, StudyState.NO_MODEL, StudyState.FAILED)
+
+
+def study_replay(study_id: int, *, actor: str) -> str:
+    """Run a finished (written back, no model, or failed) study through the pipeline again as a new revision: its
+    instances are de-identified (those already done are reused), routed, inferred, and the report
+    is written again as an amendment. Refused (NotRetryable) while the study is still in progress,
+    so pressing replay twice starts one revision, not two."""
+    study = Study.objects.filter(pk=study_id).first()
+    if study is None:
+        raise NotFound(f"no study {study_id}")
+    detail = f"replay by {actor}: revision {study.revision + 1} through the pipeline"
+    with transaction.atomic():
+        moved = study_transition(
+            study.pk,
+            from_states=REPLAYABLE,
+            to=StudyState.COMPLETE,
+            event=Event.REPLAYED,
+            detail=detail,
+            revision=study.revision,
+            revision_bump=True,
+        )
+        if not moved:
+            raise NotRetryable(
+                f"study {study_id} is {study.state}: only a finished study (written back, no model, failed) can be replayed"
+            )
+        dispatch_on_commit(TASK_DEIDENTIFY, study_id)
+    return detail
+
+
+def _message_again(message_id: int, *, from_states: list[str], event: Event, detail: str) -> None:
+    with transaction.atomic():
+        moved = Message.objects.filter(pk=message_id, state__in=from_states).update(
+            state=MessageState.RECEIVED, error="", processed_at=None
+        )
+        if not moved:
+            raise NotRetryable(f"message {message_id} changed meanwhile (someone else retried it?)")
+        record("message", message_id, event, detail=detail)
+        dispatch_on_commit(TASK_MESSAGES_PROCESS, [message_id])
+
+
+def message_retry(message_id: int, *, actor: str) -> str:
+    """Apply a failed HL7 message again (after its cause was fixed: a missing patient, an order)."""
+    message = Message.objects.filter(pk=message_id).only("state").first()
+    if message is None:
+        raise NotFound(f"no message {message_id}")
+    if message.state != MessageState.FAILED:
+        raise NotRetryable(f"message {message_id} is {message.state}, not failed: nothing to retry")
+    detail = f"retry by {actor}: applied again"
+    _message_again(message_id, from_states=[MessageState.FAILED], event=Event.RETRIED, detail=detail)
+    return detail
+
+
+def message_replay(message_id: int, *, actor: str) -> str:
+    """Apply a processed or failed HL7 message again, as received (a report message already kept
+    is not kept twice)."""
+    message = Message.objects.filter(pk=message_id).only("state").first()
+    if message is None:
+        raise NotFound(f"no message {message_id}")
+    if message.state not in (MessageState.PROCESSED, MessageState.FAILED):
+        raise NotRetryable(f"message {message_id} is {message.state}: it has not been applied yet")
+    detail = f"replay by {actor}: applied again as received"
+    _message_again(
+        message_id,
+        from_states=[MessageState.PROCESSED, MessageState.FAILED],
+        event=Event.REPLAYED,
+        detail=detail,
+    )
+    return detail
+
+
+def report_retry(report_id: int, *, actor: str) -> str:
+    """A clinical report's failed NLP jobs queued again, or its failed deliveries sent again."""
+    report = ClinicalReport.objects.filter(pk=report_id).first()
+    if report is None:
+        raise NotFound(f"no clinical report {report_id}")
+    jobs = list(
+        InferenceJob.objects.filter(clinical_report=report, state=JobState.FAILED).select_related("model")
+    )
+    deliveries = list(
+        Delivery.objects.filter(
+            clinical_report=report, state=DeliveryState.FAILED, report_version=F("report__version_id")
+        )
+    )
+    if not jobs and not deliveries:
+        if not report.deid_blob_key:
+            from fhirai.context.reports import reports_deidentify_dispatch
+
+            with transaction.atomic():
+                detail = f"retry by {actor}: de-identification dispatched again"
+                record(*report.timeline(), Event.RETRIED, detail=detail)
+                reports_deidentify_dispatch(report.pk)
+            return detail
+        raise NotRetryable(f"clinical report {report_id} has nothing failed to retry")
+    with transaction.atomic():
+        for job in jobs:
+            _job_requeue(job)
+        for delivery in deliveries:
+            _delivery_requeue(delivery)
+        detail = f"retry by {actor}: {len(jobs)} job(s), {len(deliveries)} delivery(ies) again"
+        record(*report.timeline(), Event.RETRIED, detail=detail)
     return detail

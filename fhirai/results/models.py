@@ -96,3 +96,19 @@ class Delivery(models.Model):
         ]
         indexes = [models.Index(fields=["state", "next_attempt_at"])]
         verbose_name_plural = "deliveries"
+
+
+class Destination(models.Model):
+    """A write-back destination as set in the console. The settings (FHIRAI_FHIR_UPSTREAM_URL,
+    FHIRAI_HL7_PEERS) give the defaults; a row of the same name overrides the address or switches
+    the destination off, a row with a new mllp: name adds an HL7 peer. Credentials stay in the
+    settings (the environment), never here."""
+
+    name = models.CharField(max_length=64, unique=True)  # "fhir-upstream" or "mllp:NAME"
+    address = models.CharField(max_length=2000)  # the FHIR base URL, or HOST:PORT for MLLP
+    enabled = models.BooleanField(default=True)
+    updated_at = models.DateTimeField()
+    updated_by = models.CharField(max_length=160)
+
+    def __str__(self) -> str:
+        return self.name

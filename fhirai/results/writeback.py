@@ -26,6 +26,7 @@ from fhirai.celery import TASK_DELIVER, dispatch_on_commit
 from fhirai.errors import Unavailable
 from fhirai.ingest.models import Study, StudyState
 from fhirai.ingest.state import study_fail, study_transition
+from fhirai.results.destinations import FHIR_UPSTREAM, MLLP_PREFIX, destinations, fhir_upstream_url
 from fhirai.results.models import Delivery, DeliveryState, FhirResource
 from fhirai.results.package import ReportPackage, report_package
 from fhirai.results.resources import references_rewrite
@@ -33,8 +34,6 @@ from fhirai.results.store import resource_read
 from fhirai.webhooks.events import writeback_failed_emit
 
 log = logging.getLogger(__name__)
-FHIR_UPSTREAM = "fhir-upstream"
-MLLP_PREFIX = "mllp:"
 
 
 @dataclass(frozen=True)
@@ -50,7 +49,8 @@ class Upstream(Protocol):
 
 
 def upstream() -> Upstream:
-    """The configured upstream client (FHIRAI_FHIR_UPSTREAM_CLIENT). The SMART Backend Services
+    """The configured upstream client (FHIRAI_FHIR_UPSTREAM_CLIENT) for the base URL in effect
+    (fhirai.results.destinations: the settings, or the console's change). The SMART Backend Services
     settings are passed only when configured, so a client class without SMART support still fits."""
     factory = import_string(settings.FHIRAI_FHIR_UPSTREAM_CLIENT)
     smart = (
@@ -65,7 +65,7 @@ def upstream() -> Upstream:
         else {}
     )
     return factory(
-        base_url=settings.FHIRAI_FHIR_UPSTREAM_URL,
+        base_url=fhir_upstream_url(),
         token=settings.FHIRAI_FHIR_UPSTREAM_TOKEN,
         timeout=settings.FHIRAI_FHIR_UPSTREAM_TIMEOUT,
         **smart,
@@ -85,12 +85,6 @@ class Outcome:
 class ResultSender(Protocol):
     def __call__(self, peer: str, package: ReportPackage) -> Outcome:
         """Write one report to an HL7 peer. Raises Unavailable when the peer cannot be reached."""
-
-
-def destinations() -> list[str]:
-    """Every configured destination: the upstream FHIR server, then each HL7 peer as mllp:NAME."""
-    names = [FHIR_UPSTREAM] if settings.FHIRAI_FHIR_UPSTREAM_URL else []
-    return names + [f"{MLLP_PREFIX}{name}" for name in settings.FHIRAI_HL7_PEERS]
 
 
 def deliveries_create(report: FhirResource, study: Study | None, *, clinical_report: Any = None) -> int:
@@ -117,6 +111,8 @@ def deliveries_create(report: FhirResource, study: Study | None, *, clinical_rep
 
 def _send(destination: str, report: FhirResource) -> Outcome:
     if destination == FHIR_UPSTREAM:
+        if not fhir_upstream_url():
+            raise Unavailable(f"destination {destination} is switched off or no longer configured")
         reply = upstream().transaction(report_bundle(report))
         return Outcome(200 <= reply.status < 300, reply.status, reply.body, reply_summary(reply))
     if destination.startswith(MLLP_PREFIX):

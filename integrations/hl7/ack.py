@@ -17,6 +17,7 @@ from zoneinfo import ZoneInfo
 from django.conf import settings
 
 from fhirai.errors import Unavailable
+from fhirai.results.destinations import hl7_peer
 from integrations.hl7 import errors
 from integrations.hl7.errors import HL7Error
 from integrations.hl7.mllp import send_only
@@ -133,7 +134,7 @@ def application_ack_send(peer: str, raw: bytes, *, codec: str, code: str, error:
     header = header_parse(raw)
     failure = HL7Error(errors.APPLICATION_INTERNAL_ERROR, error) if error and code != AA else None
     text = build(header, code, error=failure, acknowledgment="NE")
-    host, port = settings.FHIRAI_HL7_PEERS[peer]
+    host, port = hl7_peer(peer)
     try:
         send_only(host, port, text.encode(codec, errors="replace"), timeout=settings.FHIRAI_HL7_TIMEOUT)
     except OSError as exc:

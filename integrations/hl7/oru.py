@@ -1,4 +1,5 @@
-"""Results out as ORU^R01 (HL7 v2.5.1 ch. 7.3.1) over MLLP to the EHR peers in FHIRAI_HL7_PEERS.
+"""Results out as ORU^R01 (HL7 v2.5.1 ch. 7.3.1) over MLLP to the EHR peers in FHIRAI_HL7_PEERS
+(or as changed in the console: fhirai.results.destinations).
 
 MSH (fhirai as sender, UTF-8 declared in MSH-18, original acknowledgment mode), PID (the patient's
 MRN with its assigning authority, name, birth date, sex), ORC|RE with the order's placer/filler
@@ -17,6 +18,7 @@ from zoneinfo import ZoneInfo
 from django.conf import settings
 
 from fhirai.errors import Unavailable
+from fhirai.results.destinations import hl7_peer
 from fhirai.results.package import ObservationPart, ReportPackage
 from fhirai.results.report import AI_NOTE
 from fhirai.results.writeback import Outcome
@@ -188,7 +190,7 @@ def oru_build(package: ReportPackage, *, peer: str) -> str:
 
 def oru_send(peer: str, package: ReportPackage) -> Outcome:
     """Send the report to peer NAME; AA/CA means delivered. Unavailable when it cannot be reached."""
-    host, port = settings.FHIRAI_HL7_PEERS[peer]
+    host, port = hl7_peer(peer)
     message = oru_build(package, peer=peer)
     try:
         reply = exchange(host, port, message.encode("utf-8"), timeout=settings.FHIRAI_HL7_TIMEOUT)

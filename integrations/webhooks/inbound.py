@@ -1,5 +1,8 @@
-"""/hooks/<source>: an integration engine posts HL7 v2 or FHIR (a resource or a Bundle), signed in
-the Standard Webhooks scheme with the source's secret (FHIRAI_HOOK_SOURCES). The request is
+"""/hooks/<source>: an integration engine posts HL7 v2, FHIR (a resource or a Bundle) or a JSON
+event, signed in the Standard Webhooks scheme with the source's secret (FHIRAI_HOOK_SOURCES), or
+with an API token of the admin or operator role (Authorization: Bearer; then a webhook-id, when
+sent, is still checked against replays). A JSON event asks for an operator action on an item:
+{"type": "item.retry" | "item.replay", "item": "study/ID" | "message/ID"}, answered 202. The request is
 checked at the door (known source, headers present, timestamp within FHIRAI_HOOK_TOLERANCE_SECONDS,
 signature, a body we read, a webhook-id not seen before) and then makes the same domain call the
 listener for its format makes: messages_receive for HL7 (answered with the ACK), fhir_create or
@@ -13,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from typing import Any
 
@@ -23,8 +27,10 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
 from fhirai import errors as domain
+from fhirai.api.auth import PHI_ROLES, bearer, principal_of
 from fhirai.ingest.fhir import EntryError, bundle_process, fhir_create
 from fhirai.ingest.receive import input_reject
+from fhirai.ops.retry import NotRetryable, message_replay, message_retry, study_replay, study_retry
 from fhirai.results.store import ResourceInvalid
 from fhirai.webhooks.receipts import hook_receipt_forget, hook_receipt_record
 from integrations.fhir import outcome
@@ -36,6 +42,7 @@ log = logging.getLogger(__name__)
 HL7_TYPES = {"application/hl7-v2", "application/hl7-v2+er7", "x-application/hl7-v2+er7"}
 FHIR_TYPES = {"application/fhir+json", "application/json+fhir"}
 PROTOCOL = "webhook"
+SOURCE_NAME = re.compile(r"[A-Za-z0-9_-]{1,40}")
 
 
 class _Refused(Exception):  # noqa: N818 - carries the answer
@@ -57,25 +64,35 @@ def hook(request: HttpRequest, source: str) -> HttpResponse:
     body = b""
     try:
         body = _body(request)
-        message_id = _authenticated(request, source, body)
+        message_id, actor = _authenticated(request, source, body)
         kind = body_kind(request.content_type or "", body)
         if kind is None:
             raise _Refused(
                 415,
                 "unsupported-media-type",
-                "send HL7 v2 (application/hl7-v2 or x-application/hl7-v2+er7) "
-                "or FHIR JSON (application/fhir+json)",
+                "send HL7 v2 (application/hl7-v2 or x-application/hl7-v2+er7), "
+                "FHIR JSON (application/fhir+json) or a JSON event (application/json)",
             )
-        if not hook_receipt_record(source, message_id):
+        if message_id and not hook_receipt_record(source, message_id):
             raise _Refused(409, "replayed", "this webhook-id was already received from this source")
     except _Refused as refused:
         return _refuse(refused, body=body, peer=peer, source=source)
     try:
-        response = hl7_over_http(body, peer) if kind == "hl7" else _fhir(body, peer)
+        if kind == "hl7":
+            response = hl7_over_http(body, peer)
+        elif kind == "fhir":
+            response = _fhir(body, peer)
+        else:
+            response = _event(body, actor)
+    except _Refused as refused:
+        if message_id:
+            hook_receipt_forget(source, message_id)
+        return _refuse(refused, body=body, peer=peer, source=source)
     except Exception:
-        hook_receipt_forget(source, message_id)  # not taken: the sender's retry is not a replay
+        if message_id:
+            hook_receipt_forget(source, message_id)  # not taken: the sender's retry is not a replay
         raise
-    if response.status_code == 503:
+    if response.status_code == 503 and message_id:
         hook_receipt_forget(source, message_id)
     return response
 
@@ -87,8 +104,21 @@ def _body(request: HttpRequest) -> bytes:
         raise _Refused(413, "too-large", "the body is larger than this server accepts") from None
 
 
-def _authenticated(request: HttpRequest, source: str, body: bytes) -> str:
-    """The request's webhook-id, once the source is known and its signature checks out."""
+def _authenticated(request: HttpRequest, source: str, body: bytes) -> tuple[str, str]:
+    """(webhook-id, who), once the source is known and its signature checks out, or the request
+    carries an API token of the admin or operator role."""
+    token = bearer(request)
+    if token is not None:
+        if not SOURCE_NAME.fullmatch(source):
+            raise _Refused(404, "unknown-source", "a hook source name is 1 to 40 letters, digits, _ or -")
+        principal = principal_of(request)
+        if principal is None:
+            raise _Refused(
+                401, "unauthenticated", "the Bearer token is not valid (unknown, malformed or revoked)"
+            )
+        if principal.role not in PHI_ROLES:
+            raise _Refused(403, "forbidden", f"the {principal.role} role may not post hooks")
+        return request.headers.get(signing.ID, "")[:128], principal.name
     secret = settings.FHIRAI_HOOK_SOURCES.get(source)
     if secret is None:
         raise _Refused(404, "unknown-source", "no hook source of this name is configured")
@@ -105,7 +135,7 @@ def _authenticated(request: HttpRequest, source: str, body: bytes) -> str:
         )
     except signing.SignatureInvalid as exc:
         raise _Refused(401, "unauthenticated", str(exc)) from None
-    return message_id
+    return message_id, f"hook:{source}"
 
 
 def body_kind(content_type: str, body: bytes) -> str | None:
@@ -115,7 +145,44 @@ def body_kind(content_type: str, body: bytes) -> str | None:
         return "hl7"
     if media in FHIR_TYPES:
         return "fhir"
+    if media == "application/json":
+        try:
+            content = json.loads(body)
+        except ValueError:
+            return None
+        if isinstance(content, dict):
+            # A FHIR resource sent as plain JSON is FHIR; anything else is an event.
+            return "fhir" if isinstance(content.get("resourceType"), str) else "event"
     return None
+
+
+EVENT_ACTIONS = {
+    ("item.retry", "study"): study_retry,
+    ("item.replay", "study"): study_replay,
+    ("item.retry", "message"): message_retry,
+    ("item.replay", "message"): message_replay,
+}
+
+
+def _event(raw: bytes, actor: str) -> HttpResponse:
+    """A JSON event: an operator action on one item, by the same domain calls as the console."""
+    content = json.loads(raw)
+    kind, _, item_id = str(content.get("item", "")).partition("/")
+    action = EVENT_ACTIONS.get((str(content.get("type", "")), kind))
+    if action is None or not item_id.isdigit() or not 0 < int(item_id) < 2**63:
+        raise _Refused(
+            422,
+            "invalid-event",
+            'an event is {"type": "item.retry" or "item.replay", "item": "study/ID" or "message/ID"}',
+        )
+    try:
+        outcome_ = action(int(item_id), actor=actor)
+    except domain.NotFound as exc:
+        return JsonResponse({"error": "not-found", "detail": str(exc)}, status=404)
+    except NotRetryable as exc:
+        return JsonResponse({"error": "conflict", "detail": str(exc)}, status=409)
+    detail = outcome_[1] if isinstance(outcome_, tuple) else str(outcome_)
+    return JsonResponse({"item": f"{kind}/{item_id}", "detail": detail}, status=202)
 
 
 def _refuse(refused: _Refused, *, body: bytes, peer: str, source: str) -> HttpResponse:

@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from standardwebhooks import Webhook
 
+from fhirai.api.tokens import token_issue
 from fhirai.ingest.models import Message, Rejection
 from fhirai.results.models import FhirResource
 from fhirai.webhooks.models import HookReceipt
@@ -141,9 +142,9 @@ def test_the_acceptance_probe_without_a_signature_is_refused(client):
 
 
 def test_an_unsupported_body_is_415_and_a_corrected_resend_is_not_a_replay(client):
-    body = json.dumps({"event": "something"}).encode()
+    body = b"hello"
     headers = _signed(body)
-    response = _post(client, body, "application/json", headers)
+    response = _post(client, body, "text/plain", headers)
     assert response.status_code == 415 and "application/fhir+json" in response.json()["detail"]
     assert HookReceipt.objects.count() == 0
     raw = adt("HOOK-C")
@@ -160,3 +161,44 @@ def test_an_invalid_fhir_resource_is_an_operation_outcome_and_kept(client):
 
 def test_get_is_not_allowed(client):
     assert client.get("/hooks/engine").status_code == 405
+
+
+def test_an_operator_token_may_post_hl7_and_a_sent_webhook_id_is_still_checked(client):
+    _, token = token_issue("engine-token", role="operator")
+    raw = adt("HOOK-T1")
+    headers = {"Authorization": f"Bearer {token}", "webhook-id": "msg_token_1"}
+    response = _post(client, raw, ER7, headers, source="mirth")
+    assert response.status_code == 200 and "MSA|AA|HOOK-T1" in response.content.decode()
+    assert _post(client, raw, ER7, headers, source="mirth").status_code == 409
+    assert Message.objects.get().peer.startswith("hook:mirth")
+
+
+def test_a_viewer_token_or_a_bad_token_may_not_post_hooks(client):
+    _, token = token_issue("reader", role="viewer")
+    raw = adt("HOOK-T2")
+    assert _post(client, raw, ER7, {"Authorization": f"Bearer {token}"}).status_code == 403
+    assert _post(client, raw, ER7, {"Authorization": "Bearer fhirai_nope_nope"}).status_code == 401
+    assert not Message.objects.exists() and Rejection.objects.count() == 2
+
+
+def test_a_json_event_retries_a_failed_message(client):
+    message = Message.objects.create(
+        sender="RIS^HOSP",
+        control_id="C1",
+        message_type="ADT^A01",
+        version="2.5.1",
+        codec="utf-8",
+        raw=adt("C1"),
+        state="failed",
+        error="no PID",
+        received_at=datetime.now(tz=UTC),
+    )
+    event = json.dumps({"type": "item.retry", "item": f"message/{message.pk}"}).encode()
+    response = _post(client, event, "application/json", _signed(event))
+    assert response.status_code == 202 and "retry by hook:engine" in response.json()["detail"]
+    message.refresh_from_db()
+    assert message.state == "received"
+    again = _post(client, event, "application/json", _signed(event))
+    assert again.status_code == 409
+    bad = json.dumps({"type": "item.delete", "item": "message/1"}).encode()
+    assert _post(client, bad, "application/json", _signed(bad)).status_code == 422

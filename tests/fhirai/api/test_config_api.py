@@ -1,0 +1,89 @@
+"""Configuration, replay and dead letters through the REST API (what the console does)."""
+
+from __future__ import annotations
+
+import pytest
+from django.utils import timezone
+
+from fhirai.api.models import AccessEvent
+from fhirai.ingest.models import Message
+from fhirai.results.destinations import destinations, fhir_upstream_url, hl7_peers
+from fhirai.webhooks.models import WebhookDelivery, WebhookSubscription
+
+pytestmark = pytest.mark.django_db
+
+
+def test_destinations_are_read_and_set_by_operators_only(as_role, settings):
+    settings.FHIRAI_FHIR_UPSTREAM_URL = "http://127.0.0.1:9/fhir"
+    operator = as_role("operator")
+    [row] = operator.get("/api/destinations").json()
+    assert row == {
+        "name": "fhir-upstream",
+        "kind": "fhir",
+        "address": "http://127.0.0.1:9/fhir",
+        "enabled": True,
+        "origin": "settings",
+    }
+    put = operator.client.put(
+        "/api/destinations/fhir-upstream",
+        {"url": "https://ehr.example/fhir/", "enabled": True},
+        content_type="application/json",
+        headers=operator.headers,
+    )
+    assert put.status_code == 200 and fhir_upstream_url() == "https://ehr.example/fhir"
+    peer = operator.client.put(
+        "/api/destinations/mllp/RIS",
+        {"host": "ris.example", "port": 2575, "enabled": False},
+        content_type="application/json",
+        headers=operator.headers,
+    )
+    assert peer.json()["origin"] == "console" and "RIS" not in hl7_peers()
+    assert destinations() == ["fhir-upstream"]
+    bad = operator.client.put(
+        "/api/destinations/fhir-upstream",
+        {"url": "ftp://x"},
+        content_type="application/json",
+        headers=operator.headers,
+    )
+    assert bad.status_code == 422
+    viewer = as_role("viewer")
+    assert viewer.get("/api/destinations").status_code == 403
+    assert AccessEvent.objects.filter(action="config.destination").count() == 2
+
+
+def test_message_retry_and_replay(as_role):
+    message = Message.objects.create(
+        sender="RIS^HOSP",
+        control_id="C1",
+        message_type="ADT^A01",
+        version="2.5.1",
+        codec="utf-8",
+        raw=b"MSH|^~\\&|RIS|HOSP|||20240101||ADT^A01|C1|P|2.5.1\r",
+        state="failed",
+        error="no PID",
+        received_at=timezone.now(),
+    )
+    operator = as_role("operator")
+    assert operator.post(f"/api/messages/{message.pk}/replay").status_code == 200
+    assert operator.post(f"/api/messages/{message.pk}/retry").status_code == 409  # received again now
+    assert as_role("viewer").post(f"/api/messages/{message.pk}/retry").status_code == 403
+
+
+def test_dead_webhooks_are_listed_and_replayed_once(as_role):
+    sub = WebhookSubscription.objects.create(name="engine", url="http://127.0.0.1:9/", events=["item.failed"])
+    dead = WebhookDelivery.objects.create(
+        subscription=sub,
+        event_type="item.failed",
+        message_id="msg_1",
+        payload={},
+        state="dead",
+        attempts=10,
+        next_attempt_at=timezone.now(),
+        created_at=timezone.now(),
+    )
+    operator = as_role("operator")
+    [row] = operator.get("/api/webhooks/dead").json()
+    assert row["id"] == dead.pk and row["attempts"] == 10
+    assert operator.post(f"/api/webhooks/deliveries/{dead.pk}/replay").status_code == 200
+    assert operator.post(f"/api/webhooks/deliveries/{dead.pk}/replay").status_code == 409
+    assert operator.get("/api/webhooks/dead").json() == []
