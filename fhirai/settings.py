@@ -430,6 +430,8 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": env_str("FHIRAI_LOG_LEVEL", "INFO")},
     "loggers": {
         "pynetdicom": {"level": "WARNING"},
+        # pydicom's warnings about a bad value quote the value (a patient's name, say): errors only.
+        "pydicom": {"level": "ERROR"},
         # The sweep runs every few seconds: keep per-task chatter out; the timeline is the record.
         "celery.app.trace": {"level": "WARNING"},
         "celery.worker.strategy": {"level": "WARNING"},

@@ -4,10 +4,10 @@ lives in its own sub-objects (`phi`, `raw`), present only for roles allowed to s
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
 from ninja import Schema
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, StringConstraints
 
 
 class ErrorOut(Schema):
@@ -162,10 +162,18 @@ class ModelAccepts(Schema):
     """What a model is routed: studies by modality, body part or SOP class; reports by message type."""
 
     model_config = ConfigDict(extra="forbid")
-    modalities: list[str] | None = None
-    body_parts: list[str] | None = None
-    sop_classes: list[str] | None = None
-    message_types: list[str] | None = None
+    modalities: list[Annotated[str, StringConstraints(pattern=r"^[A-Z][A-Z0-9]{1,15}$")]] | None = None
+    body_parts: list[Annotated[str, StringConstraints(pattern=r"^[A-Z0-9][A-Z0-9_]{0,15}$")]] | None = None
+    sop_classes: (
+        list[
+            Annotated[str, StringConstraints(pattern=r"^[0-2](\.(0|[1-9][0-9]{0,8})){1,12}$", max_length=64)]
+        ]
+        | None
+    ) = None
+    message_types: (
+        list[Annotated[str, StringConstraints(pattern=r"^([A-Z0-9]{3}\^[A-Z0-9]{3}|DiagnosticReport)$")]]
+        | None
+    ) = None
 
 
 class ModelPatch(Schema):

@@ -42,6 +42,7 @@ from fhirai.ops.worklist import ItemFilter, studies_filter
 from fhirai.results import destinations as dest
 from fhirai.results.models import Delivery, FhirResource
 from fhirai.results.writeback import UpstreamReply, reply_summary
+from fhirai.routing.manifest import ManifestError, accepts_clean
 from fhirai.routing.models import ModelRecord
 from fhirai.webhooks.outbox import webhook_replay, webhooks_dead
 
@@ -482,16 +483,22 @@ def models_list(request: HttpRequest) -> list[dict[str, Any]]:
 
 @api.patch(
     "/models/{model_id}",
-    response={200: s.ModelOut, 400: s.ErrorOut, 404: s.ErrorOut, **ERRORS},
+    response={200: s.ModelOut, 400: s.ErrorOut, 404: s.ErrorOut, 409: s.ErrorOut, **ERRORS},
     tags=["models"],
 )
 def model_update(request: HttpRequest, body: s.ModelPatch, model_id: int = Path(..., ge=1, le=MAX_ID)) -> Any:
-    """Enable or disable a model, or change what it accepts (admin and operator)."""
+    """Enable or disable a model, or change what it accepts (admin and operator). 409 when the
+    routing does not fit the model's task (an NLP model is routed by message type only, an image
+    model never by message type)."""
     principal = _caller(request, *PHI_ROLES)
     model = get_object_or_404(ModelRecord, pk=model_id)
     fields = []
     if body.accepts is not None:  # the keys sent replace those; the others stay
-        model.accepts = {**model.accepts, **body.accepts.model_dump(exclude_unset=True)}
+        try:
+            sent = accepts_clean(model.task, body.accepts.model_dump(exclude_unset=True))
+        except ManifestError as exc:
+            raise HttpError(409, str(exc)) from None
+        model.accepts = {**model.accepts, **sent}
         fields.append("accepts")
     if body.enabled is not None:
         model.enabled = body.enabled

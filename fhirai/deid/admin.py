@@ -2,11 +2,15 @@ from __future__ import annotations
 
 from django import forms
 from django.contrib import admin, messages
-from django.db import transaction
-from django.db.models import Max
 
 from fhirai.deid.models import ProfileVersion, VaultAccess
-from fhirai.deid.profile import OPTIONS, DeidProfile, safelist_parse
+from fhirai.deid.profile import OPTIONS
+from fhirai.deid.versions import (
+    InvalidProfile,
+    profile_check,
+    profile_version_activate,
+    profile_version_create,
+)
 
 
 @admin.register(VaultAccess)
@@ -39,9 +43,8 @@ class ProfileVersionForm(forms.ModelForm):
     def clean(self):  # type: ignore[no-untyped-def]
         data = super().clean()
         try:
-            DeidProfile(options=frozenset(data.get("options") or ()))
-            safelist_parse(data.get("private_safelist") or [])
-        except ValueError as exc:
+            profile_check(data.get("options") or (), data.get("private_safelist") or [])
+        except InvalidProfile as exc:
             raise forms.ValidationError(str(exc)) from None
         return data
 
@@ -67,17 +70,15 @@ class ProfileVersionAdmin(admin.ModelAdmin):
     def save_model(self, request, obj, form, change) -> None:  # type: ignore[no-untyped-def]
         if change:
             return  # versions are immutable
-        with transaction.atomic():
-            latest = ProfileVersion.objects.filter(name=obj.name).aggregate(v=Max("version"))["v"] or 0
-            obj.version = latest + 1
-            obj.save()
+        row = profile_version_create(
+            obj.name, options=obj.options, private_safelist=obj.private_safelist, note=obj.note
+        )
+        obj.pk, obj.version = row.pk, row.version
 
     @admin.action(description="Activate the selected version (the next studies use it)")
     def activate(self, request, queryset) -> None:  # type: ignore[no-untyped-def]
         if queryset.count() != 1:
             self.message_user(request, "select exactly one version", level=messages.ERROR)
             return
-        with transaction.atomic():
-            ProfileVersion.objects.filter(active=True).update(active=False)
-            queryset.update(active=True)
+        profile_version_activate(queryset.first().pk)
         self.message_user(request, f"{queryset.first()} is now the site's de-identification profile")

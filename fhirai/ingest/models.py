@@ -61,6 +61,8 @@ class Instance(models.Model):
     sop_class_uid = models.CharField(max_length=64)
     series_uid = models.CharField(max_length=64)
     modality = models.CharField(max_length=16, blank=True, default="")
+    # InstanceNumber from the header, for ordering a series (the console's preview) without a read.
+    instance_number = models.IntegerField(null=True, blank=True)
     transfer_syntax_uid = models.CharField(max_length=64)
     blob_key = models.CharField(max_length=128)
     size = models.PositiveBigIntegerField()

@@ -57,6 +57,15 @@ def _text(ds: Dataset, keyword: str, limit: int) -> str:
     return str(value)[:limit]
 
 
+def _instance_number(ds: Dataset) -> int | None:
+    """InstanceNumber (IS) when it is a number that fits the column; None otherwise."""
+    try:
+        value = int(ds.get("InstanceNumber"))
+    except (TypeError, ValueError):
+        return None
+    return value if -(2**31) <= value < 2**31 else None
+
+
 def _study_defaults(ds: Dataset, *, now: object, calling_ae: str) -> dict[str, object]:
     return {
         "state_changed_at": now,
@@ -106,6 +115,7 @@ def _instance_commit(
             sop_class_uid=str(ds.SOPClassUID),
             series_uid=str(ds.SeriesInstanceUID),
             modality=_text(ds, "Modality", 16),
+            instance_number=_instance_number(ds),
             transfer_syntax_uid=tsuid[:64],
             blob_key=key,
             size=raw_size,

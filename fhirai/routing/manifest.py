@@ -102,6 +102,46 @@ def _strings(value: Any, where: str) -> list[str]:
     return list(value)
 
 
+ACCEPT_PATTERNS = {
+    "modalities": (re.compile(r"[A-Z][A-Z0-9]{1,15}"), "a DICOM modality code such as CT or CR"),
+    "body_parts": (re.compile(r"[A-Z0-9][A-Z0-9 _]{0,15}"), "a Body Part Examined term such as CHEST"),
+    "sop_classes": (re.compile(r"[0-2](\.(0|[1-9][0-9]*))+"), "a SOP Class UID"),
+    "message_types": (
+        re.compile(r"[A-Z0-9]{3}\^[A-Z0-9]{3}|DiagnosticReport"),
+        "an HL7 message type such as ORU^R01, or DiagnosticReport",
+    ),
+}
+
+
+def accepts_clean(task: str, accepts: dict[str, Any]) -> dict[str, list[str]]:
+    """What a model is routed, checked: each value well-formed for its key, NLP models by message
+    type only, image models by study attributes only. ManifestError says what is wrong."""
+    out: dict[str, list[str]] = {}
+    for key, values in accepts.items():
+        if key not in ACCEPT_PATTERNS:
+            raise ManifestError(f"accepts.{key}: not a routing key ({', '.join(ACCEPT_PATTERNS)})")
+        pattern, what = ACCEPT_PATTERNS[key]
+        cleaned = []
+        for value in _strings(values, f"accepts.{key}"):
+            value = value.strip() if key in ("sop_classes", "message_types") else value.strip().upper()
+            if key == "message_types":
+                value = "DiagnosticReport" if value.upper() == "DIAGNOSTICREPORT" else value.upper()
+            if not pattern.fullmatch(value) or len(value) > 64:
+                raise ManifestError(f"accepts.{key}: {value!r} is not {what}")
+            cleaned.append(value)
+        out[key] = list(dict.fromkeys(cleaned))
+    if task == "nlp":
+        if any(out.get(k) for k in ("modalities", "body_parts", "sop_classes")):
+            raise ManifestError("an NLP model reads report text: route it by message_types only")
+        if "message_types" in out and not out["message_types"]:
+            raise ManifestError("accepts.message_types: an NLP model needs at least one")
+    elif out.get("message_types"):
+        raise ManifestError(
+            "an image model is routed by modalities, body parts or SOP classes, not message types"
+        )
+    return out
+
+
 def manifest_parse(data: dict[str, Any]) -> Manifest:
     """Check a manifest's content and fill in defaults."""
     if not isinstance(data, dict):

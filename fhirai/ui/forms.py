@@ -7,6 +7,7 @@ from typing import Any
 
 from django import forms
 
+from fhirai.deid.profile import OPTIONS
 from fhirai.webhooks.models import EVENTS, FILTER_KEYS, WebhookSubscription
 
 
@@ -50,3 +51,41 @@ class SubscriptionForm(forms.ModelForm):
         help_texts = {
             "include_phi": "add patient names, MRNs, accession numbers and birth dates to the payloads",
         }
+
+
+def _list(text: str) -> list[str]:
+    return [v.strip() for v in text.replace("\n", ",").split(",") if v.strip()]
+
+
+class AcceptsForm(forms.Form):
+    """What a model is routed, as comma-separated lists (checked by the domain on save)."""
+
+    modalities = forms.CharField(required=False, max_length=500)
+    body_parts = forms.CharField(required=False, max_length=500)
+    sop_classes = forms.CharField(required=False, max_length=4000)
+    message_types = forms.CharField(required=False, max_length=500)
+
+    def accepts(self) -> dict[str, list[str]]:
+        return {
+            k: _list(self.cleaned_data[k])
+            for k in ("modalities", "body_parts", "sop_classes", "message_types")
+        }
+
+
+class ProfileForm(forms.Form):
+    """A new version of a site de-identification profile."""
+
+    name = forms.CharField(max_length=32, initial="site")
+    options = forms.MultipleChoiceField(
+        choices=[(o, o) for o in OPTIONS], required=False, widget=forms.CheckboxSelectMultiple
+    )
+    private_safelist = forms.CharField(
+        required=False,
+        widget=forms.Textarea(attrs={"rows": 3, "cols": 40}),
+        help_text="Retain Safe Private entries, one CREATOR:gggg,ee per line",
+    )
+    note = forms.CharField(required=False, max_length=500)
+    activate = forms.BooleanField(required=False, initial=True, help_text="use it for the next items")
+
+    def safelist(self) -> list[str]:
+        return [line.strip() for line in self.cleaned_data["private_safelist"].splitlines() if line.strip()]

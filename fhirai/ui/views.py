@@ -45,12 +45,14 @@ from fhirai.results import destinations as dest
 from fhirai.results.models import Delivery, FhirResource
 from fhirai.results.writeback import UpstreamReply, reply_summary
 from fhirai.routing.models import InferenceJob, ModelRecord
-from fhirai.ui.forms import DestinationForm, SubscriptionForm
+from fhirai.ui.forms import AcceptsForm, DestinationForm, ProfileForm, SubscriptionForm
 from fhirai.webhooks.models import WebhookDelivery, WebhookSubscription
 from fhirai.webhooks.outbox import webhook_replay, webhooks_dead
 
 log = logging.getLogger(__name__)
 PAGE_SIZE = 50
+TEXT_LIMIT = 2000  # HL7 and FHIR values: report text is long, and the part that changed matters
+DIFF_ROWS = 3000  # an enhanced multi-frame header has tens of thousands of elements
 BULK_MAX = 1000
 CONFIG_ROLES = PHI_ROLES
 AUDIT_ROLES = (Role.ADMIN, Role.AUDITOR)
@@ -103,6 +105,9 @@ def _forbidden(request: HttpRequest, principal: Principal | None, why: str) -> H
 
 def _page(request: HttpRequest, template: str, nav: str, **context: Any) -> HttpResponse:
     principal: Principal = request.principal  # type: ignore[attr-defined]
+    if len(context.get("diff") or []) > DIFF_ROWS:
+        context["diff_more"] = len(context["diff"]) - DIFF_ROWS
+        context["diff"] = context["diff"][:DIFF_ROWS]
     return render(
         request,
         template,
@@ -418,7 +423,7 @@ def message_page(request: HttpRequest, message_id: int) -> HttpResponse:
     try:
         from fhirai.ui.diff import message_diff
 
-        diff_rows = message_diff(message)
+        diff_rows = message_diff(message, limit=TEXT_LIMIT)
     except Exception as exc:  # noqa: BLE001 - a message that cannot be parsed still has a page
         diff_error = f"the message could not be compared: {type(exc).__name__}"
     raw = ""
@@ -458,7 +463,7 @@ def report_page(request: HttpRequest, report_id: int) -> HttpResponse:
     try:
         from fhirai.ui.diff import report_diff
 
-        diff_rows = report_diff(report)
+        diff_rows = report_diff(report, limit=TEXT_LIMIT)
     except Exception as exc:  # noqa: BLE001
         diff_error = f"the resource could not be compared: {type(exc).__name__}"
     if principal.sees_phi:
@@ -621,9 +626,11 @@ def _filter_of_post(request: HttpRequest, principal: Principal) -> ItemFilter:
 # --- configuration -------------------------------------------------------------------------------
 @console(*CONFIG_ROLES)
 def config(request: HttpRequest) -> HttpResponse:
+    from fhirai.deid.models import ProfileVersion
     from fhirai.deid.profile import profile_current
 
     profile = profile_current()
+    current = ProfileVersion.objects.filter(active=True).first()
     return _page(
         request,
         "console/config.html",
@@ -633,6 +640,15 @@ def config(request: HttpRequest) -> HttpResponse:
         models=ModelRecord.objects.order_by("name", "version"),
         subscriptions=WebhookSubscription.objects.order_by("name"),
         profile=profile,
+        profile_versions=ProfileVersion.objects.order_by("-created_at", "-id")[:20],
+        profile_form=ProfileForm(
+            initial={
+                "name": current.name if current else "site",
+                "options": sorted(profile.options),
+                "private_safelist": "\n".join(current.private_safelist if current else []),
+                "activate": True,
+            }
+        ),
         sources={
             "DICOM AE title": settings.FHIRAI_DICOM_AE,
             "DICOM port": settings.FHIRAI_DICOM_PORT,
@@ -698,6 +714,75 @@ def model_toggle(request: HttpRequest, model_id: int) -> HttpResponse:
     model.save(update_fields=["enabled"])
     access_record(principal, "model.update", kind="model", ids=[model.pk], detail="console; enabled")
     messages.success(request, f"model {model} is {'enabled' if model.enabled else 'disabled'}")
+    return redirect("console:config")
+
+
+@require_POST
+@console(*CONFIG_ROLES)
+def model_accepts(request: HttpRequest, model_id: int) -> HttpResponse:
+    """Change what a model is routed (checked: codes well-formed, NLP by message type only)."""
+    from fhirai.routing.manifest import ManifestError, accepts_clean
+
+    principal: Principal = request.principal  # type: ignore[attr-defined]
+    model = get_object_or_404(ModelRecord, pk=model_id)
+    form = AcceptsForm(request.POST)
+    if not form.is_valid():
+        messages.error(request, f"model {model}: {form.errors.as_text()}")
+        return redirect("console:config")
+    try:
+        accepts = accepts_clean(model.task, form.accepts())
+    except ManifestError as exc:
+        messages.error(request, f"model {model}: {exc}")
+        return redirect("console:config")
+    model.accepts = {**model.accepts, **accepts}
+    model.save(update_fields=["accepts"])
+    access_record(principal, "model.update", kind="model", ids=[model.pk], detail="console; accepts")
+    messages.success(request, f"model {model} now accepts {_accepts_text(model.accepts)}")
+    return redirect("console:config")
+
+
+def _accepts_text(accepts: dict[str, list[str]]) -> str:
+    return "; ".join(f"{k.replace('_', ' ')} {', '.join(v)}" for k, v in accepts.items() if v) or "nothing"
+
+
+@require_POST
+@console(*CONFIG_ROLES)
+def profile_create(request: HttpRequest) -> HttpResponse:
+    from fhirai.deid.versions import InvalidProfile, profile_version_create
+
+    principal: Principal = request.principal  # type: ignore[attr-defined]
+    form = ProfileForm(request.POST)
+    if not form.is_valid():
+        messages.error(request, f"profile: {form.errors.as_text()}")
+        return redirect("console:config")
+    try:
+        row = profile_version_create(
+            form.cleaned_data["name"],
+            options=form.cleaned_data["options"],
+            private_safelist=form.safelist(),
+            note=form.cleaned_data["note"],
+            activate=form.cleaned_data["activate"],
+        )
+    except InvalidProfile as exc:
+        messages.error(request, f"profile: {exc}")
+        return redirect("console:config")
+    access_record(principal, "config.deid", kind="config", detail=f"profile {row} created")
+    messages.success(request, f"profile {row} saved" + (" and active" if row.active else ""))
+    return redirect("console:config")
+
+
+@require_POST
+@console(*CONFIG_ROLES)
+def profile_activate(request: HttpRequest, version_id: int) -> HttpResponse:
+    from fhirai.deid.versions import profile_version_activate
+
+    principal: Principal = request.principal  # type: ignore[attr-defined]
+    try:
+        row = profile_version_activate(version_id)
+    except NotFound as exc:
+        raise Http404(str(exc)) from exc
+    access_record(principal, "config.deid", kind="config", detail=f"profile {row} activated")
+    messages.success(request, f"profile {row} is now the site's de-identification profile")
     return redirect("console:config")
 
 

@@ -266,3 +266,69 @@ def test_a_webhook_subscription_is_checked_on_save(db):
         },
     )
     assert "keys among" in wrong_key.content.decode()
+
+
+def test_routing_is_checked_on_save(db):
+    pipeline.ensure_reference_model()
+    image = ModelRecord.objects.get(name="ct-lung-quant")
+    nlp = ModelRecord.objects.get(name="chest-report-findings")
+    operator = login("operator")
+    ok = operator.post(
+        f"/config/models/{image.pk}/accepts", {"modalities": "ct, pt", "body_parts": "chest"}, follow=True
+    )
+    assert "modalities CT, PT" in ok.content.decode() and "body parts CHEST" in ok.content.decode()
+    image.refresh_from_db()
+    assert image.accepts["modalities"] == ["CT", "PT"] and image.accepts["body_parts"] == ["CHEST"]
+    bad_uid = operator.post(f"/config/models/{image.pk}/accepts", {"sop_classes": "1.2.x"}, follow=True)
+    assert "is not a SOP Class UID" in bad_uid.content.decode()
+    wrong_kind = operator.post(f"/config/models/{nlp.pk}/accepts", {"modalities": "CT"}, follow=True)
+    assert "message_types only" in wrong_kind.content.decode()
+    operator.post(f"/config/models/{nlp.pk}/accepts", {"message_types": "oru^r01, diagnosticreport"})
+    nlp.refresh_from_db()
+    assert nlp.accepts["message_types"] == ["ORU^R01", "DiagnosticReport"]
+
+
+def test_a_deidentification_profile_version_is_checked_saved_and_activated(db):
+    from fhirai.deid.profile import profile_current
+
+    admin = login("superuser")
+    bad = admin.post(
+        "/config/deid", {"name": "site", "private_safelist": "nonsense", "activate": "on"}, follow=True
+    )
+    assert "is not CREATOR:gggg,ee" in bad.content.decode()
+    admin.post(
+        "/config/deid",
+        {
+            "name": "site",
+            "options": ["clean-descriptors"],
+            "private_safelist": "ACME 1.1:0019,10",
+            "activate": "on",
+        },
+    )
+    current = profile_current()
+    assert (current.name, current.version, current.options) == ("site", "1", frozenset({"clean-descriptors"}))
+    admin.post("/config/deid", {"name": "site", "options": []})  # saved, not activated
+    assert profile_current().version == "1"
+    from fhirai.deid.models import ProfileVersion
+
+    second = ProfileVersion.objects.get(version=2)
+    admin.post(f"/config/deid/{second.pk}/activate")
+    assert profile_current().version == "2"
+    assert AccessEvent.objects.filter(action="config.deid").count() == 3
+
+
+def test_the_study_page_compares_headers_and_previews_by_role(phantom, settings, blob_dir):
+    study = pipeline.run_all(phantom, settings)
+    name = str(study.patient_name).split("^")[0]
+    admin = login("superuser")
+    page = admin.get(f"/items/study/{study.pk}/").content.decode()
+    assert 'class="replaced"' in page and "PatientName" in page and "<th>As received</th>" in page
+    viewer = login("viewer")
+    seen = viewer.get(f"/items/study/{study.pk}/").content.decode()
+    assert "<th>As received</th>" not in seen and "PatientName" in seen
+    assert name and name not in seen and study.patient_id not in seen
+    png = viewer.get(f"/items/study/{study.pk}/preview.png?original=1")  # viewers get the copy anyway
+    assert png.status_code == 200 and png.content.startswith(b"\x89PNG")
+    assert not AccessEvent.objects.filter(action="study.preview").exists()
+    original = admin.get(f"/items/study/{study.pk}/preview.png?original=1")
+    assert original.status_code == 200 and AccessEvent.objects.filter(action="study.preview").count() == 1
