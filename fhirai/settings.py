@@ -189,6 +189,7 @@ STATIC_ROOT = DATA_DIR / "static"
 STATIC_ROOT.mkdir(exist_ok=True)
 WHITENOISE_USE_FINDERS = True  # serve the admin's assets from the installed packages, no collectstatic
 LOGIN_URL = "/login/"
+LOGIN_REDIRECT_URL = "/"  # the dashboard, when the login page was opened directly
 
 # --- listeners (DESIGN.md public contract) -----------------------------------------------------
 FHIRAI_BIND_ADDRESS = env_str("FHIRAI_BIND_ADDRESS", "127.0.0.1")

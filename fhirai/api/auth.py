@@ -1,7 +1,8 @@
 """Who is calling and in which role: a Bearer API token, or a logged-in console user (Django
 groups admin/operator/viewer/auditor; a superuser is admin). The middleware guards the machine
 endpoints: with FHIRAI_REQUIRE_TOKENS on, /fhir/, /hl7/ and /api/ (but /api/health) need a valid
-token; with it off they stay open as before, but a Bearer token that is sent must be valid."""
+token (the CapabilityStatement at /fhir/metadata stays open: clients discover the server with it); with
+it off they stay open as before, but a Bearer token that is sent must be valid."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from fhirai.api.models import Role
 from fhirai.api.tokens import token_check
 
 GUARDED = ("/fhir/", "/hl7/", "/api/")
-OPEN = ("/api/health",)
+OPEN = ("/api/health", "/fhir/metadata")  # health for load balancers; the CapabilityStatement for discovery
 PHI_ROLES = (Role.ADMIN, Role.OPERATOR)
 ROLE_ORDER = (Role.ADMIN, Role.OPERATOR, Role.AUDITOR, Role.VIEWER)
 

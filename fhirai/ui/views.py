@@ -249,7 +249,7 @@ def _row(kind: str, item: Any, principal: Principal) -> dict[str, Any]:
         "error": item.error,
         "models": ", ".join(sorted({j.model.name for j in item.jobs.all()})),
         "patient": patient_pseudonym(item.patient_id, item.issuer_of_patient_id),
-        "phi": f"{item.patient_name.replace('^', ' ').strip()} ({item.patient_id}) {item.accession_number}"
+        "phi": f"{_person_name(item.patient_name)} ({item.patient_id}) {item.accession_number}"
         if principal.sees_phi
         else "",
     }
@@ -368,6 +368,13 @@ def study_page(request: HttpRequest, study_id: int) -> HttpResponse:
         "console/study.html",
         "worklist",
         study=study,
+        phi={
+            "name": _person_name(study.patient_name),
+            "born": _da(study.patient_birth_date),
+            "study_date": _da(study.study_date),
+        }
+        if principal.sees_phi
+        else {},
         pseudonyms={
             "patient": patient_pseudonym(study.patient_id, study.issuer_of_patient_id),
             "accession": accession_pseudonym(study.accession_number) if study.accession_number else "",
@@ -386,6 +393,18 @@ def study_page(request: HttpRequest, study_id: int) -> HttpResponse:
         retryable=study.state == StudyState.FAILED,
         replayable=study.state in ops.REPLAYABLE,
     )
+
+
+def _person_name(pn: str) -> str:
+    """A DICOM PN (Family^Given^Middle^Prefix^Suffix) as people write it: Given Middle Family."""
+    parts = (pn.split("=")[0].split("^") + [""] * 5)[:5]
+    family, given, middle, prefix, suffix = (p.strip() for p in parts)
+    return " ".join(p for p in (prefix, given, middle, family) if p) + (f", {suffix}" if suffix else "")
+
+
+def _da(value: str) -> str:
+    """A DICOM DA (YYYYMMDD) as YYYY-MM-DD; anything else as it is."""
+    return f"{value[:4]}-{value[4:6]}-{value[6:8]}" if len(value) == 8 and value.isdigit() else value
 
 
 @console()
