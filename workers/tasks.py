@@ -17,6 +17,7 @@ from fhirai.errors import Unavailable
 from fhirai.results import writeback
 from fhirai.routing import jobs
 from fhirai.webhooks import outbox as webhooks
+from workers import status as _status  # noqa: F401 - connects the worker heartbeat signals (console dashboard)
 
 log = logging.getLogger(__name__)
 RETRY = {

@@ -36,6 +36,7 @@ from fhirai.routing.manifest import Manifest, ManifestError, manifest_read
 from fhirai.routing.reference import REFERENCE_DIR
 from workers.inference.errors import ModelInputError
 from workers.models import ct_lung
+from workers.models.report_nlp import hl7_patient_id  # the ER7 splitter only; spaCy loads on use
 
 log = logging.getLogger(__name__)
 __all__ = ["ModelInputError", "run_model", "device_for", "model_load", "models_preload"]
@@ -157,7 +158,7 @@ def run_model(name: str, version: str, input_keys: list[str]) -> dict[str, Any]:
             output["subject"] = {"patient_ref": str(resource.get("subject", {}).get("reference", ""))}
         else:
             output = model(texts)
-            output["subject"] = {"patient_id": _hl7_patient_pseudonym(texts[0])}
+            output["subject"] = {"patient_id": hl7_patient_id(texts[0])}
     else:
         datasets = [dcmread(BytesIO(blobs.get(key))) for key in input_keys]
         studies = {str(ds.get("StudyInstanceUID", "")) for ds in datasets}
@@ -173,16 +174,3 @@ def run_model(name: str, version: str, input_keys: list[str]) -> dict[str, Any]:
     }
     log.info("%s %s ran on %d items in %.2f s", name, version, len(input_keys), output["runtime"]["seconds"])
     return output
-
-
-def _hl7_patient_pseudonym(message: str) -> str:
-    """PID-3's first identifier in a de-identified HL7 v2 message (a pseudonym), or ''."""
-    if not message.startswith("MSH") or len(message) < 8:
-        return ""
-    field_sep, component, repetition = message[3], message[4], message[5]
-    for segment in message.replace("\r\n", "\r").replace("\n", "\r").split("\r"):
-        if segment.startswith("PID" + field_sep):
-            fields = segment.split(field_sep)
-            if len(fields) > 3:
-                return fields[3].split(repetition)[0].split(component)[0]
-    return ""

@@ -209,6 +209,19 @@ def report_text_from_hl7(message: str) -> str:
     return "\n".join(blocks)
 
 
+def hl7_patient_id(message: str) -> str:
+    """PID-3's first identifier (its ID component), or '' (no PID, or not an HL7 v2 message). In a
+    de-identified message this is the patient's pseudonym, which the result's subject carries."""
+    try:
+        segments, enc = _segments(message)
+    except ValueError:
+        return ""
+    for fields_ in segments:
+        if fields_[0] == "PID" and len(fields_) > 3:
+            return fields_[3].split(enc.repetition)[0].split(enc.component)[0]
+    return ""
+
+
 def _segments(message: str) -> tuple[list[list[str]], _Encoding]:
     """Split into segments (CR, LF or CRLF) and fields. A line that does not open a segment is a
     raw line break inside the previous segment's text (some senders send them) and is kept."""
