@@ -206,6 +206,7 @@ FHIRAI_DICOM_AE = env_str("FHIRAI_DICOM_AE", "FHIRAI")
 if not (0 < len(FHIRAI_DICOM_AE) <= 16):
     raise ImproperlyConfigured("FHIRAI_DICOM_AE must be 1 to 16 characters (PS3.5 AE VR)")
 FHIRAI_DICOM_PORT = env_int("FHIRAI_DICOM_PORT", 11112, minimum=1)
+FHIRAI_DICOM_ALLOW = [a.strip() for a in env_str("FHIRAI_DICOM_ALLOW").split(",") if a.strip()]
 FHIRAI_DICOM_MAX_ASSOCIATIONS = env_int("FHIRAI_DICOM_MAX_ASSOCIATIONS", 16, minimum=1)
 FHIRAI_MLLP_PORT = env_int("FHIRAI_MLLP_PORT", 2575, minimum=1)
 FHIRAI_MLLP_MAX_BYTES = env_int("FHIRAI_MLLP_MAX_BYTES", 10 * 1024 * 1024, minimum=1024)

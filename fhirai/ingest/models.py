@@ -46,6 +46,8 @@ class Study(models.Model):
             models.Index(fields=["state", "state_changed_at"]),
             models.Index(fields=["patient_id"]),
             models.Index(fields=["accession_number"]),
+            # The worklist (newest first) and the dashboard's window.
+            models.Index(fields=["first_received_at"]),
         ]
         verbose_name_plural = "studies"
 
@@ -125,7 +127,31 @@ class Message(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["sender", "control_id"], name="message_sender_control_id")
         ]
-        indexes = [models.Index(fields=["state", "received_at"])]
+        indexes = [
+            models.Index(fields=["state", "received_at"]),
+            # The worklist (newest first) and the dashboard's window and completions per hour.
+            models.Index(fields=["received_at"]),
+            models.Index(fields=["state", "processed_at"]),
+        ]
 
     def __str__(self) -> str:
         return f"message {self.pk} ({self.message_type})"
+
+
+class SourceRule(models.Model):
+    """A sender allowed in, as set in the console, beside the settings' lists (FHIRAI_DICOM_ALLOW,
+    FHIRAI_MLLP_ALLOW): a DICOM calling AE title, or a network MLLP connections may come from.
+    While a kind has no entry anywhere, every sender of that kind is let in."""
+
+    kind = models.CharField(max_length=16)  # "dicom-ae" or "mllp-network"
+    value = models.CharField(max_length=64)
+    note = models.CharField(max_length=200, blank=True, default="")
+    created_at = models.DateTimeField()
+    created_by = models.CharField(max_length=160)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["kind", "value"], name="source_rule_once")]
+        ordering = ["kind", "value"]
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.value}"

@@ -13,7 +13,7 @@ from django.db.models import Q, QuerySet
 from fhirai.context.models import ClinicalReport
 from fhirai.deid.vault import vault_lookup
 from fhirai.errors import NotFound
-from fhirai.ingest.models import Message, Study
+from fhirai.ingest.models import Message, Rejection, Study
 
 KINDS = ("study", "message", "report")
 PHI_FILTERS = ("mrn", "name", "accession")
@@ -133,3 +133,17 @@ def _patient_q(f: ItemFilter, actor: str, prefix: str) -> Q | None:
         name = f.name.strip()
         q &= Q(**{f"{prefix}family__icontains": name}) | Q(**{f"{prefix}given__icontains": name})
     return q
+
+
+def rejections_filter(f: ItemFilter) -> QuerySet[Rejection]:
+    """Input refused at the door (kept for inspection): by protocol as the source, code as state."""
+    qs = Rejection.objects.all()
+    if f.state:
+        qs = qs.filter(code=f.state)
+    if f.source:
+        qs = qs.filter(Q(protocol=f.source) | Q(peer__icontains=f.source))
+    if f.received_from:
+        qs = qs.filter(received_at__gte=f.received_from)
+    if f.received_to:
+        qs = qs.filter(received_at__lt=f.received_to)
+    return qs.order_by("-received_at", "-id")

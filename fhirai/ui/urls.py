@@ -31,6 +31,7 @@ urlpatterns = [
     path("config/models/<int:model_id>/accepts", views.model_accepts, name="model-accepts"),
     path("config/deid", views.profile_create, name="profile-create"),
     path("config/deid/<int:version_id>/activate", views.profile_activate, name="profile-activate"),
+    path("config/sources", views.source_rule, name="source-rule"),
     path("config/webhooks/new", views.subscription_edit, name="subscription-new"),
     path("config/webhooks/<int:subscription_id>", views.subscription_edit, name="subscription-edit"),
     path("webhooks/", views.webhooks, name="webhooks"),

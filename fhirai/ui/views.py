@@ -38,9 +38,17 @@ from fhirai.context.models import ClinicalReport
 from fhirai.deid.profile import accession_pseudonym, patient_pseudonym
 from fhirai.deid.pseudonym import uid_remap
 from fhirai.errors import FhiraiError, NotFound, Unavailable
-from fhirai.ingest.models import Instance, Message, MessageState, Study, StudyState
+from fhirai.ingest.models import Instance, Message, MessageState, SourceRule, Study, StudyState
+from fhirai.ingest.sources import (
+    RULES_TTL,
+    InvalidSource,
+    dicom_calling_allowed,
+    mllp_networks,
+    source_rule_add,
+    source_rule_remove,
+)
 from fhirai.ops import retry as ops
-from fhirai.ops.worklist import ItemFilter, messages_filter, reports_filter, studies_filter
+from fhirai.ops.worklist import ItemFilter, messages_filter, rejections_filter, reports_filter, studies_filter
 from fhirai.results import destinations as dest
 from fhirai.results.models import Delivery, FhirResource
 from fhirai.results.writeback import UpstreamReply, reply_summary
@@ -156,6 +164,8 @@ def _filter_of(request: HttpRequest, principal: Principal) -> ItemFilter:
 
 
 def _items(kind: str, f: ItemFilter, principal: Principal) -> QuerySet[Any]:
+    if kind == "rejection":
+        return rejections_filter(f)
     if kind == "message":
         return messages_filter(f, actor=principal.name)
     if kind == "report":
@@ -164,6 +174,7 @@ def _items(kind: str, f: ItemFilter, principal: Principal) -> QuerySet[Any]:
 
 
 STATES = {
+    "rejection": [],
     "study": [s.value for s in StudyState],
     "message": [s.value for s in MessageState],
     "report": ["pending", "queued", "done", "failed"],
@@ -184,7 +195,7 @@ def worklist(request: HttpRequest) -> HttpResponse:
     paginator = Paginator(qs, PAGE_SIZE)
     page = paginator.get_page(request.GET.get("page"))
     rows = [_row(kind, item, principal) for item in page.object_list]
-    if principal.sees_phi and rows:
+    if principal.sees_phi and rows and kind != "rejection":
         access_record(
             principal,
             f"{kind}.search" if f.phi_searched else f"{kind}.list",
@@ -210,6 +221,19 @@ def worklist(request: HttpRequest) -> HttpResponse:
 
 
 def _row(kind: str, item: Any, principal: Principal) -> dict[str, Any]:
+    if kind == "rejection":
+        return {
+            "id": item.pk,
+            "url": "",
+            "state": item.code,
+            "received_at": item.received_at,
+            "source": item.peer,
+            "what": item.protocol + (" (input kept)" if item.blob_key else ""),
+            "error": item.detail,
+            "models": "",
+            "patient": "",
+            "phi": "",
+        }
     if kind == "message":
         return {
             "id": item.pk,
@@ -668,12 +692,14 @@ def config(request: HttpRequest) -> HttpResponse:
                 "activate": True,
             }
         ),
+        source_rules=SourceRule.objects.all(),
+        dicom_allowed=dicom_calling_allowed(),
+        mllp_allowed=mllp_networks(),
         sources={
             "DICOM AE title": settings.FHIRAI_DICOM_AE,
             "DICOM port": settings.FHIRAI_DICOM_PORT,
             "DICOM associations at most": settings.FHIRAI_DICOM_MAX_ASSOCIATIONS,
             "MLLP port": settings.FHIRAI_MLLP_PORT,
-            "MLLP senders allowed": ", ".join(settings.FHIRAI_MLLP_ALLOW) or "any",
             "MLLP over TLS": "yes" if settings.FHIRAI_MLLP_TLS_CERT else "no",
             "Signed webhook sources (/hooks/NAME)": ", ".join(sorted(settings.FHIRAI_HOOK_SOURCES)) or "none",
             "API tokens required on /fhir/, /hl7/, /api/": "yes" if settings.FHIRAI_REQUIRE_TOKENS else "no",
@@ -802,6 +828,32 @@ def profile_activate(request: HttpRequest, version_id: int) -> HttpResponse:
         raise Http404(str(exc)) from exc
     access_record(principal, "config.deid", kind="config", detail=f"profile {row} activated")
     messages.success(request, f"profile {row} is now the site's de-identification profile")
+    return redirect("console:config")
+
+
+@require_POST
+@console(*CONFIG_ROLES)
+def source_rule(request: HttpRequest) -> HttpResponse:
+    """Add or remove an allowed sender (a calling AE title, or an MLLP network)."""
+    principal: Principal = request.principal  # type: ignore[attr-defined]
+    if request.POST.get("remove", "").isdigit():
+        row = source_rule_remove(int(request.POST["remove"]))
+        if row is not None:
+            access_record(principal, "config.source", kind="config", detail=f"{row} removed")
+            messages.success(request, f"{row} removed")
+        return redirect("console:config")
+    try:
+        row = source_rule_add(
+            request.POST.get("kind", ""),
+            request.POST.get("value", ""),
+            note=request.POST.get("note", ""),
+            actor=principal.name,
+        )
+    except InvalidSource as exc:
+        messages.error(request, str(exc))
+        return redirect("console:config")
+    access_record(principal, "config.source", kind="config", detail=f"{row} added")
+    messages.success(request, f"{row} allowed (listeners pick it up within {RULES_TTL:.0f} s)")
     return redirect("console:config")
 
 

@@ -13,6 +13,8 @@ from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
+from fhirai.ingest.receive import input_reject
+from fhirai.ingest.sources import dicom_calling_allowed
 from integrations.dicom.handlers import handle_echo, handle_store
 
 log = logging.getLogger(__name__)
@@ -28,9 +30,35 @@ class NoDelayServer(ThreadedAssociationServer):
         return sock, address
 
 
+class FhiraiAE(AE):
+    """The calling AE titles allowed are read per association (settings plus the console's rules,
+    fhirai.ingest.sources), so a sender added in the console is let in without a restart. A title
+    not on a non-empty list gets A-ASSOCIATE-RJ (rejected-permanent, service-user, calling AE
+    title not recognized), and the refusal is kept as a rejection."""
+
+    @property  # type: ignore[override]
+    def require_calling_aet(self) -> list[str]:
+        return dicom_calling_allowed()
+
+
+def handle_rejected(event: evt.Event) -> None:
+    """Keep a refused association visible (console: Rejected)."""
+    calling = str(event.assoc.requestor.ae_title).strip()
+    try:
+        input_reject(
+            protocol="dicom",
+            raw=b"",
+            peer=f"{calling}@{event.assoc.requestor.address}",
+            code="calling-ae-not-allowed",
+            detail=f"association from calling AE {calling!r} refused: not on the allowed list",
+        )
+    except Exception:  # noqa: BLE001 - the refusal stands even when it cannot be recorded
+        log.warning("a refused association could not be recorded", exc_info=True)
+
+
 def application_entity() -> AE:
     """fhirai's AE: storage SCP for all storage SOP classes and transfer syntaxes, plus Verification."""
-    ae = AE(ae_title=settings.FHIRAI_DICOM_AE)
+    ae = FhiraiAE(ae_title=settings.FHIRAI_DICOM_AE)
     ae.maximum_associations = settings.FHIRAI_DICOM_MAX_ASSOCIATIONS
     ae.network_timeout = 60
     ae.dimse_timeout = 60
@@ -44,7 +72,11 @@ def server_start(address: tuple[str, int] | None = None) -> ThreadedAssociationS
     """Start serving in background threads; .shutdown() stops accepting and closes the socket."""
     ae = application_entity()
     address = address or (settings.FHIRAI_BIND_ADDRESS, settings.FHIRAI_DICOM_PORT)
-    handlers = [(evt.EVT_C_ECHO, handle_echo), (evt.EVT_C_STORE, handle_store)]
+    handlers = [
+        (evt.EVT_C_ECHO, handle_echo),
+        (evt.EVT_C_STORE, handle_store),
+        (evt.EVT_REJECTED, handle_rejected),
+    ]
     server = ae.make_server(address, evt_handlers=handlers, server_class=NoDelayServer)
     ae._servers.append(server)  # as AE.start_server() does; server.shutdown() takes it off again
 

@@ -28,6 +28,7 @@ from fhirai.ingest.messages import (
     postgres_params,
 )
 from fhirai.ingest.receive import input_reject
+from fhirai.ingest.sources import mllp_networks
 from integrations.hl7 import ack, errors
 from integrations.hl7.errors import HL7Error
 from integrations.hl7.mllp import Frame
@@ -269,6 +270,26 @@ class MessageHandler:
             )
         except Exception:  # noqa: BLE001 - the NAK must still go out
             log.exception("could not keep rejected HL7 input from %s", peer)
+
+    async def allowed_networks(self) -> list[str]:
+        """The networks MLLP senders may connect from now (read on a committer thread: the
+        console's rules are in the database)."""
+        return await self.committer.run_blocking(mllp_networks)
+
+    async def refused(self, peer: str) -> None:
+        """A connection from outside the allowed networks: closed unanswered, and kept visible."""
+        try:
+            await self.committer.run_blocking(
+                lambda: input_reject(
+                    protocol="hl7",
+                    raw=b"",
+                    peer=peer,
+                    code="sender-not-allowed",
+                    detail="MLLP connection refused: the address is not on the allowed networks",
+                )
+            )
+        except Exception:  # noqa: BLE001 - the refusal stands even when it cannot be recorded
+            log.exception("could not record a refused MLLP connection")
 
     async def abandoned(self, raw: bytes, peer: str) -> None:
         """A connection closed inside a frame: nobody to answer, but the bytes are kept."""

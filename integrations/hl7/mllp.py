@@ -128,15 +128,17 @@ class Server:
         handler: FrameHandler,
         *,
         max_bytes: int,
-        allow: list[str],
+        allow: list[str] | Callable[[], Awaitable[list[str]]],
         idle_seconds: float,
         on_abandoned: Callable[[bytes, str], Awaitable[None]] | None = None,
+        on_refused: Callable[[str], Awaitable[None]] | None = None,
     ) -> None:
         self.handler = handler
         self.max_bytes = max_bytes
         self.allow = allow
         self.idle_seconds = idle_seconds
         self.on_abandoned = on_abandoned
+        self.on_refused = on_refused
         self.connections: set[asyncio.Task[None]] = set()
         self.busy: set[asyncio.Task[None]] = set()
         self.stopping = False
@@ -176,8 +178,12 @@ class Server:
         peername = writer.get_extra_info("peername") or ("?", 0)
         peer = f"{peername[0]}:{peername[1]}"
         try:
-            if not peer_allowed(str(peername[0]), self.allow):
-                log.warning("MLLP connection from %s refused: not on FHIRAI_MLLP_ALLOW", peer)
+            # A callable gives the networks in effect now (the settings plus the console's rules).
+            allow = await self.allow() if callable(self.allow) else self.allow
+            if not peer_allowed(str(peername[0]), allow):
+                log.warning("MLLP connection from %s refused: not on the allowed networks", peer)
+                if self.on_refused is not None:
+                    await self.on_refused(peer)
                 return
             sock = writer.get_extra_info("socket")
             if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):

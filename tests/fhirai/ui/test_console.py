@@ -332,3 +332,37 @@ def test_the_study_page_compares_headers_and_previews_by_role(phantom, settings,
     assert not AccessEvent.objects.filter(action="study.preview").exists()
     original = admin.get(f"/items/study/{study.pk}/preview.png?original=1")
     assert original.status_code == 200 and AccessEvent.objects.filter(action="study.preview").count() == 1
+
+
+def test_allowed_senders_are_checked_and_take_effect_without_a_restart(settings, db):
+    from fhirai.ingest.sources import dicom_calling_allowed, mllp_networks
+
+    settings.FHIRAI_DICOM_ALLOW = []
+    settings.FHIRAI_MLLP_ALLOW = ["10.0.0.0/8"]
+    operator = login("operator")
+    bad = operator.post("/config/sources", {"kind": "dicom-ae", "value": "BAD\\AE"}, follow=True)
+    assert "is not an AE title" in bad.content.decode()
+    bad_net = operator.post(
+        "/config/sources", {"kind": "mllp-network", "value": "10.1.2.300/24"}, follow=True
+    )
+    assert "is not an IP address or network" in bad_net.content.decode()
+    operator.post("/config/sources", {"kind": "dicom-ae", "value": "CT_SCANNER_1", "note": "CT room 2"})
+    operator.post("/config/sources", {"kind": "mllp-network", "value": "192.168.7.9/24"})
+    assert dicom_calling_allowed() == ["CT_SCANNER_1"]
+    assert mllp_networks() == ["10.0.0.0/8", "192.168.7.0/24"]
+    page = operator.get("/config/").content.decode()
+    assert "CT room 2" in page and "192.168.7.0/24" in page
+    from fhirai.ingest.models import SourceRule
+
+    operator.post("/config/sources", {"remove": SourceRule.objects.get(kind="dicom-ae").pk})
+    assert dicom_calling_allowed() == []
+    assert AccessEvent.objects.filter(action="config.source").count() == 3
+
+
+def test_rejected_input_is_listed(db):
+    from fhirai.ingest.receive import input_reject
+
+    input_reject(protocol="hl7", raw=b"garbage", peer="10.0.0.9:4000", code="AR", detail="not HL7 v2")
+    viewer = login("viewer")
+    page = viewer.get("/items/?kind=rejection").content.decode()
+    assert "not HL7 v2" in page and "10.0.0.9:4000" in page and "(input kept)" in page

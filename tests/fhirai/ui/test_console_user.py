@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+
 import pytest
 from django.contrib.auth.models import User
 from django.core.management import CommandError, call_command
@@ -25,9 +27,9 @@ def test_a_console_user_gets_one_role_and_can_log_in(tmp_path, monkeypatch):
 
 
 def test_weak_passwords_and_missing_roles_are_refused(monkeypatch):
-    monkeypatch.setenv("FHIRAI_CONSOLE_PASSWORD", "12345678")
+    monkeypatch.setattr("sys.stdin", io.StringIO("12345678\n"))
     with pytest.raises(CommandError, match="too short|too common|entirely numeric"):
-        call_command("console_user", "vera", "--role", "viewer")
+        call_command("console_user", "vera", "--role", "viewer", "--password-file", "-")
     with pytest.raises(CommandError, match="needs --role"):
         call_command("console_user", "nobody")
     assert not User.objects.exists()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from io import BytesIO
 
 import pytest
@@ -80,3 +81,24 @@ def test_compressed_transfer_syntaxes_are_accepted_for_ct():
     ae = application_entity()
     contexts = {c.abstract_syntax: c.transfer_syntax for c in ae.supported_contexts}
     assert JPEGBaseline8Bit in contexts[CTImageStorage] and JPEG2000Lossless in contexts[CTImageStorage]
+
+
+def test_a_calling_ae_not_allowed_is_rejected_and_an_allowed_one_gets_in(scp, settings):
+    from fhirai.ingest.sources import source_rule_add
+
+    settings.FHIRAI_DICOM_ALLOW = ["CT_ROOM_2"]
+    scu = AE(ae_title="TESTSCU")
+    scu.add_requested_context(Verification)
+    refused = scu.associate("127.0.0.1", scp, ae_title="FHIRAI")
+    assert refused.is_rejected
+    assert refused.acceptor.primitive.result_source == 0x01 and refused.acceptor.primitive.diagnostic == 0x03
+    for _ in range(100):  # the acceptor records it just after sending the A-ASSOCIATE-RJ
+        if Rejection.objects.exists():
+            break
+        time.sleep(0.02)
+    [kept] = Rejection.objects.all()
+    assert kept.code == "calling-ae-not-allowed" and kept.peer.startswith("TESTSCU@")
+    source_rule_add("dicom-ae", "TESTSCU", actor="test")  # as the console does: no restart
+    assoc = _assoc(scp, Verification)
+    assert assoc.send_c_echo().Status == status.SUCCESS
+    assoc.release()

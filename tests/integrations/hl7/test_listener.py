@@ -222,3 +222,19 @@ def test_tls(settings, tmp_path):
                 while not buf.endswith(b"\x1c\x0d"):
                     buf += sock.recv(65536)
         assert _segments(buf)["MSA"][1:3] == ["AA", "TLS-1"]
+
+
+def test_a_network_allowed_in_the_console_is_let_in_and_refusals_are_kept(settings):
+    from fhirai.ingest.models import Rejection
+    from fhirai.ingest.sources import source_rule_add
+
+    settings.FHIRAI_MLLP_ALLOW = ["10.0.0.0/8"]
+    with running_listener() as port:
+        try:
+            _raw_send(port, b"\x0b" + adt("NO-2") + b"\x1c\x0d")
+        except ConnectionResetError:
+            pass
+        source_rule_add("mllp-network", "127.0.0.0/8", actor="test")
+        reply = _segments(_raw_send(port, b"\x0b" + adt("YES-1") + b"\x1c\x0d"))
+        assert reply["MSA"][1:3] == ["AA", "YES-1"]
+    assert Rejection.objects.get().code == "sender-not-allowed"

@@ -1,12 +1,12 @@
 """`python manage.py console_user NAME --role ROLE`: create a console login (or change its role),
-with the password from FHIRAI_CONSOLE_PASSWORD, a file (--password-file), or asked at the
-terminal. The role is one Django group (admin, operator, viewer, auditor); `--deactivate` turns a
+with the password from a file (--password-file; `-` reads it from standard input), or asked at
+the terminal. The role is one Django group (admin, operator, viewer, auditor); `--deactivate` turns a
 login off without losing its audit trail."""
 
 from __future__ import annotations
 
 import getpass
-import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -59,9 +59,9 @@ class Command(BaseCommand):
 
     def _password(self, options: dict[str, Any], *, required: bool) -> str:
         if options["password_file"]:
+            if str(options["password_file"]) == "-":
+                return sys.stdin.readline().strip()
             return options["password_file"].read_text().strip()
-        if os.environ.get("FHIRAI_CONSOLE_PASSWORD"):
-            return os.environ["FHIRAI_CONSOLE_PASSWORD"]
         if not required:
             return ""
         first = getpass.getpass("password: ")

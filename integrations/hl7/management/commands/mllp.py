@@ -21,9 +21,10 @@ async def serve(stop: asyncio.Event, *, port: int | None = None) -> None:
     server = Server(
         handler,
         max_bytes=settings.FHIRAI_MLLP_MAX_BYTES,
-        allow=settings.FHIRAI_MLLP_ALLOW,
+        allow=handler.allowed_networks,
         idle_seconds=settings.FHIRAI_MLLP_IDLE_SECONDS,
         on_abandoned=handler.abandoned,
+        on_refused=handler.refused,
     )
     tls = tls_context(
         settings.FHIRAI_MLLP_TLS_CERT, settings.FHIRAI_MLLP_TLS_KEY, settings.FHIRAI_MLLP_TLS_CA
