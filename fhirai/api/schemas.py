@@ -230,3 +230,71 @@ class WebhookDeliveryOut(Schema):
     attempts: int
     last_status: int | None
     created_at: datetime
+
+
+class ReportOut(Schema):
+    id: int
+    resource: str
+    resource_version: int
+    status: str
+    state: str
+    deidentified: bool
+    received_at: datetime
+    patient_pseudonym: str
+
+
+class ReportPage(Schema):
+    count: int
+    limit: int
+    offset: int
+    items: list[ReportOut]
+
+
+class ReportDetailOut(ReportOut):
+    timeline: list[TimelineOut]
+    jobs: list[JobOut]
+    deliveries: list[DeliveryOut]
+
+
+class RejectionOut(Schema):
+    id: int
+    protocol: str
+    peer: str
+    code: str
+    detail: str
+    kept: bool
+    received_at: datetime
+
+
+class RejectionPage(Schema):
+    count: int
+    limit: int
+    offset: int
+    items: list[RejectionOut]
+
+
+class SourceRuleOut(Schema):
+    id: int
+    kind: str
+    value: str
+    note: str
+    created_by: str
+
+
+OCTET = r"(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+
+
+class DicomSourceIn(Schema):
+    """A calling AE title: 1-16 characters of the default repertoire, no backslash, not all spaces."""
+
+    model_config = ConfigDict(extra="forbid")
+    value: str = Field(pattern=r"^ {0,15}[\x21-\x5B\x5D-\x7E][\x20-\x5B\x5D-\x7E]{0,15}$", max_length=16)
+    note: str = Field("", max_length=200)
+
+
+class MllpSourceIn(Schema):
+    """An IPv4 address or network (the console also takes IPv6)."""
+
+    model_config = ConfigDict(extra="forbid")
+    value: str = Field(pattern=rf"^{OCTET}(\.{OCTET}){{3}}(/(3[0-2]|[12]?[0-9]))?$")
+    note: str = Field("", max_length=200)

@@ -154,6 +154,14 @@ class StudyFilter(Schema):
     offset: int = Field(0, ge=0, le=MAX_OFFSET)
 
 
+def nul_free(qs: QuerySet[Any], *values: object) -> QuerySet[Any]:
+    """A filter value with a NUL character matches nothing (PostgreSQL text cannot hold one), so
+    the answer is an empty page, not a database error."""
+    if any(isinstance(v, str) and "\x00" in v for v in values):
+        return qs.none()
+    return qs
+
+
 def _page(limit: int, offset: int) -> tuple[int, int]:
     if not 1 <= limit <= MAX_LIMIT or not 0 <= offset <= MAX_OFFSET:
         raise HttpError(422, f"limit must be 1 to {MAX_LIMIT} and offset at least 0")
@@ -194,6 +202,8 @@ def _study_out(study: Study, principal: Principal) -> dict[str, Any]:
 
 
 def _studies_filtered(f: StudyFilter, principal: Principal) -> QuerySet[Study]:
+    if any(isinstance(v, str) and "\x00" in v for v in f.model_dump().values()):
+        return Study.objects.none()  # matches nothing; and no vault lookup of such a pseudonym
     qs = studies_filter(
         ItemFilter(
             state=f.state or "",
@@ -371,6 +381,7 @@ def messages_list(
         qs = qs.filter(message_type=message_type)
     if sender:
         qs = qs.filter(sender=sender)
+    qs = nul_free(qs, state, message_type, sender)
     return {
         "count": qs.count(),
         "limit": limit,
@@ -437,6 +448,7 @@ def deliveries_list(
         qs = qs.filter(state=state)
     if destination:
         qs = qs.filter(destination=destination)
+    qs = nul_free(qs, state, destination)
     return {
         "count": qs.count(),
         "limit": limit,
@@ -599,4 +611,8 @@ def audit_list(
     qs = AccessEvent.objects.order_by("-at", "-id")
     if actor:
         qs = qs.filter(actor=actor)
+    qs = nul_free(qs, actor)
     return list(qs[offset : offset + limit])
+
+
+from fhirai.api import more_views  # noqa: E402,F401 - registers the reports, rejections and sources paths

@@ -148,18 +148,20 @@ def _day(value: str, *, end: bool = False) -> datetime | None:
 
 
 def _filter_of(request: HttpRequest, principal: Principal) -> ItemFilter:
-    q = request.GET
+    def value(key: str) -> str:
+        return request.GET.get(key, "").replace("\x00", "").strip()  # PostgreSQL text holds no NUL
+
     phi = principal.sees_phi
     return ItemFilter(
-        state=q.get("state", "").strip(),
-        source=q.get("source", "").strip(),
-        model=q.get("model", "").strip(),
-        received_from=_day(q.get("from", "")),
-        received_to=_day(q.get("to", ""), end=True),
-        patient=q.get("patient", "").strip(),
-        mrn=q.get("mrn", "").strip() if phi else "",
-        name=q.get("name", "").strip() if phi else "",
-        accession=q.get("accession", "").strip() if phi else "",
+        state=value("state"),
+        source=value("source"),
+        model=value("model"),
+        received_from=_day(value("from")),
+        received_to=_day(value("to"), end=True),
+        patient=value("patient"),
+        mrn=value("mrn") if phi else "",
+        name=value("name") if phi else "",
+        accession=value("accession") if phi else "",
     )
 
 

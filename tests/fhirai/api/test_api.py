@@ -88,7 +88,7 @@ def test_studies_filter_and_page(as_role, study):
     assert api.get("/api/studies", limit=0).status_code == 422
     assert api.get("/api/studies", received_from="2999-01-01T00:00:00Z").json()["count"] == 0
     assert api.get("/api/studies", received_from="0.5").status_code == 422
-    assert api.get("/api/studies", state="a\x00b").status_code == 422  # not a database error
+    assert api.get("/api/studies", state="a\x00b").json()["count"] == 0  # not a database error
 
 
 def test_filter_by_patient_pseudonym_goes_through_the_vault(as_role, study):
@@ -156,3 +156,16 @@ def test_console_session_by_group_role(study):
     csrf_client = Client(enforce_csrf_checks=True)
     csrf_client.force_login(admin)
     assert csrf_client.post(f"/api/studies/{study.pk}/retry").status_code == 403
+
+
+def test_a_filter_value_with_a_nul_character_matches_nothing(as_role, study):
+    admin = as_role("admin")
+    for path, params in [
+        ("/api/studies", {"model": "a\x00b"}),
+        ("/api/studies", {"patient": "P\x00"}),
+        ("/api/messages", {"sender": "\x00"}),
+        ("/api/deliveries", {"destination": "x\x00"}),
+        ("/api/rejections", {"code": "\x00"}),
+    ]:
+        response = admin.get(path, **params)
+        assert response.status_code == 200 and response.json()["count"] == 0, path

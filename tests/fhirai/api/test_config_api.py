@@ -87,3 +87,35 @@ def test_dead_webhooks_are_listed_and_replayed_once(as_role):
     assert operator.post(f"/api/webhooks/deliveries/{dead.pk}/replay").status_code == 200
     assert operator.post(f"/api/webhooks/deliveries/{dead.pk}/replay").status_code == 409
     assert operator.get("/api/webhooks/dead").json() == []
+
+
+def test_allowed_senders_through_the_api(as_role):
+    operator = as_role("operator")
+    post = operator.client.post(
+        "/api/sources/dicom-ae",
+        {"value": "CT_ROOM_2", "note": "CT"},
+        content_type="application/json",
+        headers=operator.headers,
+    )
+    assert post.status_code == 201 and post.json()["value"] == "CT_ROOM_2"
+    net = operator.client.post(
+        "/api/sources/mllp-network",
+        {"value": "10.1.2.7/24"},
+        content_type="application/json",
+        headers=operator.headers,
+    )
+    assert net.json()["value"] == "10.1.2.0/24"
+    assert [r["kind"] for r in operator.get("/api/sources").json()] == ["dicom-ae", "mllp-network"]
+    gone = operator.client.delete(f"/api/sources/{post.json()['id']}", headers=operator.headers)
+    assert gone.status_code == 204
+    assert as_role("viewer").get("/api/sources").status_code == 403
+
+
+def test_rejections_and_fhir_reports_are_listed(as_role):
+    from fhirai.ingest.receive import input_reject
+
+    input_reject(protocol="dicom", raw=b"", peer="X@1.2.3.4", code="calling-ae-not-allowed", detail="refused")
+    page = as_role("viewer").get("/api/rejections", protocol="dicom").json()
+    assert page["count"] == 1 and page["items"][0]["code"] == "calling-ae-not-allowed"
+    assert as_role("viewer").get("/api/reports").json()["count"] == 0
+    assert as_role("viewer").get("/api/reports/1").status_code == 404

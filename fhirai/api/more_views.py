@@ -1,0 +1,207 @@
+"""More of the REST API: FHIR-sourced clinical reports (the worklist's third kind), input refused
+at the door, and the allowed senders. Registered on the same NinjaAPI as fhirai.api.views."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.http import HttpRequest
+from django.shortcuts import get_object_or_404
+from ninja import Path, Status
+from ninja.errors import HttpError
+
+from fhirai.api import schemas as s
+from fhirai.api.access import access_record
+from fhirai.api.auth import PHI_ROLES
+from fhirai.api.views import (
+    ERRORS,
+    MAX_ID,
+    Limit,
+    Offset,
+    _caller,
+    _delivery_out,
+    _page,
+    _timeline,
+    api,
+    nul_free,
+)
+from fhirai.context.models import ClinicalReport
+from fhirai.deid.profile import patient_pseudonym
+from fhirai.ingest.models import Rejection, SourceRule
+from fhirai.ingest.sources import DICOM_AE, MLLP_NETWORK, InvalidSource, source_rule_add, source_rule_remove
+from fhirai.ops.retry import report_retry
+from fhirai.results.models import Delivery
+from fhirai.routing.models import InferenceJob
+
+
+def _report_state(report: ClinicalReport) -> str:
+    states = {j.state for j in report.jobs.all()} | {d.state for d in report.deliveries.all()}
+    if "failed" in states:
+        return "failed"
+    if not report.deid_blob_key:
+        return "pending"
+    return "queued" if states - {"done", "delivered"} else "done"
+
+
+def _report_out(r: ClinicalReport) -> dict[str, Any]:
+    return {
+        "id": r.pk,
+        "resource": f"DiagnosticReport/{r.resource.rid}",
+        "resource_version": r.resource_version,
+        "status": r.status,
+        "state": _report_state(r),
+        "deidentified": bool(r.deid_blob_key),
+        "received_at": r.received_at,
+        "patient_pseudonym": patient_pseudonym(r.patient.mrn, "") if r.patient else "",
+    }
+
+
+@api.get("/reports", response={200: s.ReportPage, **ERRORS}, tags=["reports"])
+def reports_list(request: HttpRequest, limit: int = Limit, offset: int = Offset) -> dict[str, Any]:
+    """Clinical reports received as FHIR DiagnosticReports (one per resource version), newest
+    first; those that came in HL7 are under /messages."""
+    _caller(request)
+    limit, offset = _page(limit, offset)
+    qs = (
+        ClinicalReport.objects.filter(resource__isnull=False)
+        .select_related("resource", "patient")
+        .prefetch_related("jobs", "deliveries")
+        .order_by("-received_at", "-id")
+    )
+    return {
+        "count": qs.count(),
+        "limit": limit,
+        "offset": offset,
+        "items": [_report_out(r) for r in qs[offset : offset + limit]],
+    }
+
+
+@api.get(
+    "/reports/{report_id}", response={200: s.ReportDetailOut, 404: s.ErrorOut, **ERRORS}, tags=["reports"]
+)
+def report_detail(request: HttpRequest, report_id: int = Path(..., ge=1, le=MAX_ID)) -> dict[str, Any]:
+    """One FHIR-sourced clinical report: its timeline, NLP jobs and deliveries."""
+    _caller(request)
+    report = get_object_or_404(
+        ClinicalReport.objects.filter(resource__isnull=False).select_related("resource", "patient"),
+        pk=report_id,
+    )
+    out = _report_out(report)
+    out["timeline"] = _timeline(*report.timeline())
+    out["jobs"] = [
+        {
+            "id": j.pk,
+            "model": str(j.model),
+            "revision": j.revision,
+            "state": j.state,
+            "attempts": j.attempts,
+            "dispatched_at": j.dispatched_at,
+            "finished_at": j.finished_at,
+            "error": j.error,
+        }
+        for j in InferenceJob.objects.filter(clinical_report=report).select_related("model").order_by("id")
+    ]
+    out["deliveries"] = [
+        _delivery_out(d)
+        for d in Delivery.objects.filter(clinical_report=report).select_related("report").order_by("id")
+    ]
+    return out
+
+
+@api.post(
+    "/reports/{report_id}/retry",
+    response={200: s.RetryOut, 404: s.ErrorOut, 409: s.ErrorOut, **ERRORS},
+    tags=["reports"],
+)
+def report_retry_view(request: HttpRequest, report_id: int = Path(..., ge=1, le=MAX_ID)) -> dict[str, Any]:
+    """Queue a report's failed NLP jobs or deliveries again (409 when nothing failed)."""
+    principal = _caller(request, *PHI_ROLES)
+    detail = report_retry(report_id, actor=principal.name)
+    access_record(principal, "report.retry", kind="report", ids=[report_id])
+    return {"item": f"report/{report_id}", "kind": "report", "detail": detail}
+
+
+@api.get("/rejections", response={200: s.RejectionPage, **ERRORS}, tags=["rejections"])
+def rejections_list(
+    request: HttpRequest,
+    protocol: str | None = None,
+    code: str | None = None,
+    limit: int = Limit,
+    offset: int = Offset,
+) -> dict[str, Any]:
+    """Input refused at the door (kept for inspection), newest first; details name attributes,
+    never their values."""
+    _caller(request)
+    limit, offset = _page(limit, offset)
+    qs = Rejection.objects.order_by("-received_at", "-id")
+    if protocol:
+        qs = qs.filter(protocol=protocol)
+    if code:
+        qs = qs.filter(code=code)
+    qs = nul_free(qs, protocol, code)
+    return {
+        "count": qs.count(),
+        "limit": limit,
+        "offset": offset,
+        "items": [
+            {
+                "id": r.pk,
+                "protocol": r.protocol,
+                "peer": r.peer,
+                "code": r.code,
+                "detail": r.detail,
+                "kept": bool(r.blob_key),
+                "received_at": r.received_at,
+            }
+            for r in qs[offset : offset + limit]
+        ],
+    }
+
+
+def _rule_out(r: SourceRule) -> dict[str, Any]:
+    return {"id": r.pk, "kind": r.kind, "value": r.value, "note": r.note, "created_by": r.created_by}
+
+
+@api.get("/sources", response={200: list[s.SourceRuleOut], **ERRORS}, tags=["configuration"])
+def sources_list(request: HttpRequest) -> list[dict[str, Any]]:
+    """Senders allowed in from the console (the settings' lists are in the README's settings)."""
+    _caller(request, *PHI_ROLES)
+    return [_rule_out(r) for r in SourceRule.objects.all()]
+
+
+def _source_add(request: HttpRequest, kind: str, value: str, note: str) -> Any:
+    principal = _caller(request, *PHI_ROLES)
+    try:
+        row = source_rule_add(kind, value, note=note, actor=principal.name)
+    except InvalidSource as exc:
+        raise HttpError(400, str(exc)) from None
+    access_record(principal, "config.source", kind="config", detail=f"{row} added")
+    return Status(201, _rule_out(row))
+
+
+@api.post(
+    "/sources/dicom-ae", response={201: s.SourceRuleOut, 400: s.ErrorOut, **ERRORS}, tags=["configuration"]
+)
+def sources_add_ae(request: HttpRequest, body: s.DicomSourceIn) -> Any:
+    """Allow a DICOM calling AE title (the SCP applies it within seconds, no restart)."""
+    return _source_add(request, DICOM_AE, body.value, body.note)
+
+
+@api.post(
+    "/sources/mllp-network",
+    response={201: s.SourceRuleOut, 400: s.ErrorOut, **ERRORS},
+    tags=["configuration"],
+)
+def sources_add_network(request: HttpRequest, body: s.MllpSourceIn) -> Any:
+    """Allow an MLLP sender's address or network (the listener applies it within seconds)."""
+    return _source_add(request, MLLP_NETWORK, body.value, body.note)
+
+
+@api.delete("/sources/{rule_id}", response={204: None, 404: s.ErrorOut, **ERRORS}, tags=["configuration"])
+def sources_remove(request: HttpRequest, rule_id: int = Path(..., ge=1, le=MAX_ID)) -> Any:
+    principal = _caller(request, *PHI_ROLES)
+    row = source_rule_remove(rule_id)
+    if row is None:
+        raise HttpError(404, f"no source rule {rule_id}")
+    access_record(principal, "config.source", kind="config", detail=f"{row} removed")
+    return Status(204, None)
