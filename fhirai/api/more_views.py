@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.core.exceptions import ValidationError
 from django.http import HttpRequest
 from django.shortcuts import get_object_or_404
 from ninja import Path, Status
@@ -32,6 +33,7 @@ from fhirai.ingest.sources import DICOM_AE, MLLP_NETWORK, InvalidSource, source_
 from fhirai.ops.retry import report_retry
 from fhirai.results.models import Delivery
 from fhirai.routing.models import InferenceJob
+from fhirai.webhooks.models import WebhookSubscription
 
 
 def _report_state(report: ClinicalReport) -> str:
@@ -204,4 +206,67 @@ def sources_remove(request: HttpRequest, rule_id: int = Path(..., ge=1, le=MAX_I
     if row is None:
         raise HttpError(404, f"no source rule {rule_id}")
     access_record(principal, "config.source", kind="config", detail=f"{row} removed")
+    return Status(204, None)
+
+
+# --- webhook subscriptions -----------------------------------------------------------------------
+def _subscription_out(sub: WebhookSubscription) -> dict[str, Any]:
+    return {
+        "id": sub.pk,
+        "name": sub.name,
+        "url": sub.url,
+        "events": list(sub.events or []),
+        "filter": dict(sub.filter or {}),
+        "include_phi": sub.include_phi,
+        "enabled": sub.enabled,
+        "secret": sub.secret,
+    }
+
+
+@api.get("/webhooks/subscriptions", response={200: list[s.SubscriptionOut], **ERRORS}, tags=["webhooks"])
+def subscriptions_list(request: HttpRequest) -> list[dict[str, Any]]:
+    """Webhook subscriptions with their signing secrets (admin and operator)."""
+    _caller(request, *PHI_ROLES)
+    return [_subscription_out(sub) for sub in WebhookSubscription.objects.order_by("name")]
+
+
+@api.put(
+    "/webhooks/subscriptions/{name}",
+    response={200: s.SubscriptionOut, 201: s.SubscriptionOut, 400: s.ErrorOut, **ERRORS},
+    tags=["webhooks"],
+)
+def subscription_put(
+    request: HttpRequest, body: s.SubscriptionIn, name: str = Path(..., pattern=s.SUBSCRIPTION_NAME)
+) -> Any:
+    """Create or replace the subscription `name` (checked as the console checks it); a new one gets
+    a fresh signing secret, returned here."""
+    principal = _caller(request, *PHI_ROLES)
+    sub = WebhookSubscription.objects.filter(name=name).first()
+    created = sub is None
+    sub = sub or WebhookSubscription(name=name)
+    sub.url, sub.events = body.url, list(dict.fromkeys(body.events))
+    sub.filter = {k: v for k, v in body.filter.model_dump().items() if v is not None}
+    sub.include_phi, sub.enabled = body.include_phi, body.enabled
+    try:
+        sub.full_clean()
+    except ValidationError as exc:
+        raise HttpError(400, "; ".join(f"{k}: {' '.join(v)}" for k, v in exc.message_dict.items())) from None
+    sub.save()
+    access_record(principal, "config.webhook", kind="config", ids=[sub.pk], detail=f"{sub.name} saved")
+    return Status(201 if created else 200, _subscription_out(sub))
+
+
+@api.delete(
+    "/webhooks/subscriptions/{name}",
+    response={204: None, 404: s.ErrorOut, **ERRORS},
+    tags=["webhooks"],
+)
+def subscription_delete(request: HttpRequest, name: str = Path(..., pattern=s.SUBSCRIPTION_NAME)) -> Any:
+    """Remove a subscription and its outbox (deliveries not yet sent are dropped)."""
+    principal = _caller(request, *PHI_ROLES)
+    sub = WebhookSubscription.objects.filter(name=name).first()
+    if sub is None:
+        raise HttpError(404, f"no webhook subscription {name}")
+    sub.delete()
+    access_record(principal, "config.webhook", kind="config", detail=f"{name} removed")
     return Status(204, None)

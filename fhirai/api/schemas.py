@@ -4,7 +4,7 @@ lives in its own sub-objects (`phi`, `raw`), present only for roles allowed to s
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from ninja import Schema
 from pydantic import ConfigDict, Field, StringConstraints
@@ -298,3 +298,43 @@ class MllpSourceIn(Schema):
     model_config = ConfigDict(extra="forbid")
     value: str = Field(pattern=rf"^{OCTET}(\.{OCTET}){{3}}(/(3[0-2]|[12]?[0-9]))?$")
     note: str = Field("", max_length=200)
+
+
+EventName = Literal["report.created", "item.failed", "item.completed", "delivery.failed"]
+SUBSCRIPTION_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
+FilterValue = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.^-]+$")]
+
+
+class SubscriptionFilter(Schema):
+    """Every key given must match the event: a model name, a source (AE title, sender)."""
+
+    model_config = ConfigDict(extra="forbid")
+    model: FilterValue | list[FilterValue] | None = None
+    source: FilterValue | list[FilterValue] | None = None
+
+
+# What Django's URLValidator accepts as a host, said as a pattern: localhost, an IPv4 address, or a
+# domain name with a top-level domain.
+WEB_HOST = (
+    rf"(localhost|{OCTET}(\.{OCTET}){{3}}|([A-Za-z0-9]([A-Za-z0-9-]{{0,61}}[A-Za-z0-9])?\.)+[A-Za-z]{{2,63}})"
+)
+
+
+class SubscriptionIn(Schema):
+    model_config = ConfigDict(extra="forbid")
+    url: str = Field(pattern=rf"^https?://{WEB_HOST}(:{PORT})?(/[A-Za-z0-9._~-]+)*/?$", max_length=2000)
+    events: list[EventName] = Field(min_length=1)
+    filter: SubscriptionFilter = Field(default_factory=SubscriptionFilter)
+    include_phi: bool = False
+    enabled: bool = True
+
+
+class SubscriptionOut(Schema):
+    id: int
+    name: str
+    url: str
+    events: list[str]
+    filter: dict[str, Any]
+    include_phi: bool
+    enabled: bool
+    secret: str

@@ -98,6 +98,24 @@ class Delivery(models.Model):
         verbose_name_plural = "deliveries"
 
 
+class DeliveryAttempt(models.Model):
+    """One try of a delivery: when, how long, what the peer answered (the full reply may echo
+    patient data: the console shows it to identified roles only)."""
+
+    delivery = models.ForeignKey(Delivery, on_delete=models.CASCADE, related_name="attempt_log")
+    number = models.PositiveIntegerField()
+    at = models.DateTimeField()
+    seconds = models.FloatField()
+    outcome = models.CharField(max_length=16)  # delivered, refused, unreachable
+    status = models.IntegerField(null=True, blank=True)
+    summary = models.CharField(max_length=300, blank=True, default="")
+    response = models.TextField(blank=True, default="")
+
+    class Meta:
+        ordering = ["delivery", "number"]
+        indexes = [models.Index(fields=["delivery", "number"])]
+
+
 class Destination(models.Model):
     """A write-back destination as set in the console. The settings (FHIRAI_FHIR_UPSTREAM_URL,
     FHIRAI_HL7_PEERS) give the defaults; a row of the same name overrides the address or switches

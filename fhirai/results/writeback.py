@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Protocol
@@ -27,7 +28,7 @@ from fhirai.errors import Unavailable
 from fhirai.ingest.models import Study, StudyState
 from fhirai.ingest.state import study_fail, study_transition
 from fhirai.results.destinations import FHIR_UPSTREAM, MLLP_PREFIX, destinations, fhir_upstream_url
-from fhirai.results.models import Delivery, DeliveryState, FhirResource
+from fhirai.results.models import Delivery, DeliveryAttempt, DeliveryState, FhirResource
 from fhirai.results.package import ReportPackage, report_package
 from fhirai.results.resources import references_rewrite
 from fhirai.results.store import resource_read
@@ -158,13 +159,25 @@ def delivery_attempt(delivery_id: int) -> None:
         return
     delivery = Delivery.objects.select_related("report").get(pk=delivery_id)
     attempts = delivery.attempts + 1
+    started = time.monotonic()
     try:
         outcome = _send(delivery.destination, delivery.report)
     except Unavailable as exc:
-        _delivery_retry_later(delivery, attempts, str(exc))
+        with transaction.atomic():
+            _attempt_record(delivery, attempts, started, "unreachable", None, str(exc), str(exc))
+            _delivery_retry_later(delivery, attempts, str(exc))
         return
     answer = outcome.summary or outcome.reply[:120]
     with transaction.atomic():
+        _attempt_record(
+            delivery,
+            attempts,
+            started,
+            "delivered" if outcome.delivered else "refused",
+            outcome.status,
+            answer,
+            outcome.reply,
+        )
         delivery.attempts, delivery.last_status = attempts, outcome.status
         delivery.last_response = outcome.reply[:8000]
         if not outcome.delivered:
@@ -190,6 +203,27 @@ def delivery_attempt(delivery_id: int) -> None:
                 event=Event.WRITTEN_BACK,
                 detail=detail,
             )
+
+
+def _attempt_record(
+    delivery: Delivery,
+    number: int,
+    started: float,
+    outcome: str,
+    status: int | None,
+    summary: str,
+    reply: str,
+) -> None:
+    DeliveryAttempt.objects.create(
+        delivery=delivery,
+        number=number,
+        at=timezone.now(),
+        seconds=round(time.monotonic() - started, 3),
+        outcome=outcome,
+        status=status,
+        summary=summary[:300],
+        response=reply[:8000],
+    )
 
 
 def _timeline_of(delivery: Delivery) -> tuple[str, int]:

@@ -313,7 +313,7 @@ def _timeline(kind: str, item_id: int) -> list[dict[str, Any]]:
 
 def _deliveries(qs: QuerySet[Delivery], principal: Principal) -> list[dict[str, Any]]:
     out = []
-    for d in qs.select_related("report").order_by("id"):
+    for d in qs.select_related("report").prefetch_related("attempt_log").order_by("id"):
         summary = ""
         if d.last_status is not None:
             summary = reply_summary(UpstreamReply(status=d.last_status, body=d.last_response))
@@ -325,6 +325,13 @@ def _deliveries(qs: QuerySet[Delivery], principal: Principal) -> list[dict[str, 
                 "summary": summary,
                 # The peer's full reply may echo patient data: identified roles only.
                 "response": d.last_response if principal.sees_phi else "",
+                "attempts": [
+                    {
+                        "a": a,
+                        "response": a.response if principal.sees_phi and a.response != a.summary else "",
+                    }
+                    for a in d.attempt_log.all()
+                ],
             }
         )
     return out

@@ -119,3 +119,43 @@ def test_rejections_and_fhir_reports_are_listed(as_role):
     assert page["count"] == 1 and page["items"][0]["code"] == "calling-ae-not-allowed"
     assert as_role("viewer").get("/api/reports").json()["count"] == 0
     assert as_role("viewer").get("/api/reports/1").status_code == 404
+
+
+def test_webhook_subscriptions_through_the_api(as_role):
+    operator = as_role("operator")
+
+    def put(name: str, body: dict):
+        return operator.client.put(
+            f"/api/webhooks/subscriptions/{name}",
+            body,
+            content_type="application/json",
+            headers=operator.headers,
+        )
+
+    created = put(
+        "engine",
+        {
+            "url": "https://engine.example/hooks",
+            "events": ["item.failed"],
+            "filter": {"model": "ct-lung-quant"},
+        },
+    )
+    assert created.status_code == 201 and created.json()["secret"].startswith("whsec_")
+    changed = put(
+        "engine", {"url": "https://engine.example/hooks2", "events": ["item.failed", "report.created"]}
+    )
+    assert changed.status_code == 200 and changed.json()["secret"] == created.json()["secret"]
+    assert changed.json()["filter"] == {}
+    assert put("engine", {"url": "ftp://x", "events": ["item.failed"]}).status_code == 422
+    assert put("engine", {"url": "https://x.example", "events": []}).status_code == 422
+    [sub] = operator.get("/api/webhooks/subscriptions").json()
+    assert sub["url"] == "https://engine.example/hooks2"
+    assert (
+        operator.client.delete("/api/webhooks/subscriptions/engine", headers=operator.headers).status_code
+        == 204
+    )
+    assert (
+        operator.client.delete("/api/webhooks/subscriptions/engine", headers=operator.headers).status_code
+        == 404
+    )
+    assert as_role("viewer").get("/api/webhooks/subscriptions").status_code == 403

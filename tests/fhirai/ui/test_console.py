@@ -156,6 +156,14 @@ def test_fixing_the_destination_in_the_console_then_retry_completes_the_study(
     delivery_attempt(delivery.pk)  # what the dispatched task runs
     assert Study.objects.get(pk=study.pk).state == StudyState.WRITTEN_BACK
     assert upstream.state.all("DiagnosticReport")
+    from fhirai.results.models import DeliveryAttempt
+
+    assert list(DeliveryAttempt.objects.values_list("number", "outcome", "status")) == [
+        (1, "refused", 404),
+        (2, "delivered", 200),
+    ]
+    done = operator.get(f"/items/study/{study.pk}/").content.decode()
+    assert "2 attempt(s)" in done and "refused" in done and "delivered" in done
     again = operator.post(f"/items/study/{study.pk}/retry", follow=True).content.decode()
     assert "not failed: nothing to retry" in again
     assert AccessEvent.objects.filter(action="config.destination").exists()
