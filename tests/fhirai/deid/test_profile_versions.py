@@ -36,7 +36,7 @@ def test_console_versions_and_activation(admin_client, phantom, settings):
         {"name": "site", "options": [], "private_safelist": "[]"},
     )
     v2.refresh_from_db()
-    assert v2.options == ["retain-patient-characteristics", "retain-device-identity"]  # immutable
+    assert v2.options == ["retain-device-identity", "retain-patient-characteristics"]  # immutable (sorted)
     out, _ = dataset_deidentify(phantom.files[0])
     ds = dcmread(BytesIO(out))
     assert ds.DeidentificationMethod.startswith("fhirai site v2")
