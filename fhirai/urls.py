@@ -13,6 +13,7 @@ from integrations.webhooks import inbound as hooks
 urlpatterns = [
     path("fhir/", include("integrations.fhir.urls")),
     path("hl7/", include("integrations.hl7.urls")),
+    path("dicomweb/", include("integrations.dicomweb.urls")),
     path("fhir-subscription/", subscription_hook.notification_endpoint, name="fhir-subscription"),
     path(
         "fhir-subscription/<str:rtype>/<str:rid>",

@@ -1,6 +1,6 @@
 """Who is calling and in which role: a Bearer API token, or a logged-in console user (Django
 groups admin/operator/viewer/auditor; a superuser is admin). The middleware guards the machine
-endpoints: with FHIRAI_REQUIRE_TOKENS on, /fhir/, /hl7/ and /api/ (but /api/health) need a valid
+endpoints: with FHIRAI_REQUIRE_TOKENS on, /fhir/, /hl7/, /dicomweb/ and /api/ (but /api/health) need a valid
 token (the CapabilityStatement at /fhir/metadata stays open: clients discover the server with it); with
 it off they stay open as before, but a Bearer token that is sent must be valid."""
 
@@ -15,7 +15,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from fhirai.api.models import Role
 from fhirai.api.tokens import token_check
 
-GUARDED = ("/fhir/", "/hl7/", "/api/")
+GUARDED = ("/fhir/", "/hl7/", "/api/", "/dicomweb/")
 OPEN = ("/api/health", "/fhir/metadata")  # health for load balancers; the CapabilityStatement for discovery
 PHI_ROLES = (Role.ADMIN, Role.OPERATOR)
 ROLE_ORDER = (Role.ADMIN, Role.OPERATOR, Role.AUDITOR, Role.VIEWER)
