@@ -102,6 +102,45 @@ DATA_DIR.mkdir(parents=True, exist_ok=True)
 FHIRAI_DATA_DIR = DATA_DIR
 FHIRAI_BLOB_DIR = Path(env_str("FHIRAI_BLOB_DIR", str(DATA_DIR / "blobs"))).resolve()
 
+# --- blob store (fhirai/blobs.py: local files, or an S3-compatible store via fhirai/blob_s3.py) -----
+FHIRAI_BLOB_BACKEND = env_str("FHIRAI_BLOB_BACKEND", "local")
+FHIRAI_S3_ENDPOINT_URL = env_str("FHIRAI_S3_ENDPOINT_URL").rstrip("/")  # empty: AWS itself
+FHIRAI_S3_REGION = env_str("FHIRAI_S3_REGION")
+FHIRAI_S3_BUCKET = env_str("FHIRAI_S3_BUCKET")
+FHIRAI_S3_PREFIX = env_str("FHIRAI_S3_PREFIX")
+# Empty credentials: boto3's default chain (AWS_* variables, instance profile, IRSA ...).
+FHIRAI_S3_ACCESS_KEY_ID = env_secret("FHIRAI_S3_ACCESS_KEY_ID")
+FHIRAI_S3_SECRET_ACCESS_KEY = env_secret("FHIRAI_S3_SECRET_ACCESS_KEY")
+# The `deid` area on its own bucket and credentials (empty: the general ones), so that an
+# inference host can be given the de-identified copies alone.
+FHIRAI_S3_DEID_BUCKET = env_str("FHIRAI_S3_DEID_BUCKET")
+FHIRAI_S3_DEID_ACCESS_KEY_ID = env_secret("FHIRAI_S3_DEID_ACCESS_KEY_ID")
+FHIRAI_S3_DEID_SECRET_ACCESS_KEY = env_secret("FHIRAI_S3_DEID_SECRET_ACCESS_KEY")
+FHIRAI_S3_TIMEOUT = env_float("FHIRAI_S3_TIMEOUT", 10.0)
+FHIRAI_S3_MAX_ATTEMPTS = env_int("FHIRAI_S3_MAX_ATTEMPTS", 3, minimum=1)
+
+
+def _blob_store_check() -> None:
+    """Refuse an S3 configuration that could only fail at the first receipt."""
+    if FHIRAI_BLOB_BACKEND not in ("local", "s3"):
+        raise ImproperlyConfigured(f"FHIRAI_BLOB_BACKEND must be local or s3, got {FHIRAI_BLOB_BACKEND!r}")
+    if FHIRAI_S3_TIMEOUT <= 0:
+        raise ImproperlyConfigured("FHIRAI_S3_TIMEOUT must be a positive number of seconds")
+    for prefix in ("FHIRAI_S3", "FHIRAI_S3_DEID"):
+        if bool(globals()[f"{prefix}_ACCESS_KEY_ID"]) != bool(globals()[f"{prefix}_SECRET_ACCESS_KEY"]):
+            raise ImproperlyConfigured(
+                f"{prefix}_ACCESS_KEY_ID and {prefix}_SECRET_ACCESS_KEY (or _FILE) go together: set both or neither"
+            )
+    if FHIRAI_BLOB_BACKEND == "s3" and not FHIRAI_S3_BUCKET:
+        raise ImproperlyConfigured("FHIRAI_BLOB_BACKEND=s3 needs FHIRAI_S3_BUCKET")
+    if FHIRAI_S3_ENDPOINT_URL and not re.match(r"https?://[^/]", FHIRAI_S3_ENDPOINT_URL):
+        raise ImproperlyConfigured(
+            f"FHIRAI_S3_ENDPOINT_URL must be an http:// or https:// URL, got {FHIRAI_S3_ENDPOINT_URL!r}"
+        )
+
+
+_blob_store_check()
+
 # --- core Django -------------------------------------------------------------------------------
 SECRET_KEY = env_secret("FHIRAI_SECRET_KEY") or _persistent_secret(DATA_DIR / "secret_key")
 DEBUG = env_bool("FHIRAI_DEBUG", False)
@@ -207,6 +246,14 @@ if not (0 < len(FHIRAI_DICOM_AE) <= 16):
     raise ImproperlyConfigured("FHIRAI_DICOM_AE must be 1 to 16 characters (PS3.5 AE VR)")
 FHIRAI_DICOM_PORT = env_int("FHIRAI_DICOM_PORT", 11112, minimum=1)
 FHIRAI_DICOM_ALLOW = [a.strip() for a in env_str("FHIRAI_DICOM_ALLOW").split(",") if a.strip()]
+# Storage SOP classes the SCP accepts (UIDs or pynetdicom keywords such as CTImageStorage): empty
+# accepts every storage SOP class; REJECT takes some away. Checked when the SCP starts.
+FHIRAI_DICOM_ACCEPT_SOP_CLASSES = [
+    c.strip() for c in env_str("FHIRAI_DICOM_ACCEPT_SOP_CLASSES").split(",") if c.strip()
+]
+FHIRAI_DICOM_REJECT_SOP_CLASSES = [
+    c.strip() for c in env_str("FHIRAI_DICOM_REJECT_SOP_CLASSES").split(",") if c.strip()
+]
 FHIRAI_DICOM_MAX_ASSOCIATIONS = env_int("FHIRAI_DICOM_MAX_ASSOCIATIONS", 16, minimum=1)
 FHIRAI_MLLP_PORT = env_int("FHIRAI_MLLP_PORT", 2575, minimum=1)
 FHIRAI_MLLP_MAX_BYTES = env_int("FHIRAI_MLLP_MAX_BYTES", 10 * 1024 * 1024, minimum=1024)

@@ -9,7 +9,8 @@ import threading
 from typing import Any
 
 from django.conf import settings
-from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
+from django.core.exceptions import ImproperlyConfigured
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt, sop_class
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
@@ -56,15 +57,40 @@ def handle_rejected(event: evt.Event) -> None:
         log.warning("a refused association could not be recorded", exc_info=True)
 
 
+def sop_class_uid(name: str) -> str:
+    """A storage SOP class by UID or pynetdicom keyword; ImproperlyConfigured when it is neither."""
+    storage = {str(c.abstract_syntax) for c in AllStoragePresentationContexts}
+    if name in storage:
+        return name
+    uid = getattr(sop_class, name, None)
+    if uid is not None and str(uid) in storage:
+        return str(uid)
+    raise ImproperlyConfigured(f"{name!r} is not a storage SOP class UID or keyword (e.g. CTImageStorage)")
+
+
+def storage_sop_classes() -> list[str]:
+    """The storage SOP classes the SCP accepts: FHIRAI_DICOM_ACCEPT_SOP_CLASSES (all when empty)
+    less FHIRAI_DICOM_REJECT_SOP_CLASSES, in pynetdicom's order."""
+    accept = {sop_class_uid(n) for n in settings.FHIRAI_DICOM_ACCEPT_SOP_CLASSES}
+    reject = {sop_class_uid(n) for n in settings.FHIRAI_DICOM_REJECT_SOP_CLASSES}
+    return [
+        str(c.abstract_syntax)
+        for c in AllStoragePresentationContexts
+        if (not accept or str(c.abstract_syntax) in accept) and str(c.abstract_syntax) not in reject
+    ]
+
+
 def application_entity() -> AE:
-    """fhirai's AE: storage SCP for all storage SOP classes and transfer syntaxes, plus Verification."""
+    """fhirai's AE: storage SCP for the accepted storage SOP classes in every transfer syntax
+    (stored as sent, never transcoded), plus Verification. A SOP class left out is refused at
+    association negotiation (abstract syntax not supported), before any data is sent."""
     ae = FhiraiAE(ae_title=settings.FHIRAI_DICOM_AE)
     ae.maximum_associations = settings.FHIRAI_DICOM_MAX_ASSOCIATIONS
     ae.network_timeout = 60
     ae.dimse_timeout = 60
     ae.add_supported_context(Verification)
-    for context in AllStoragePresentationContexts:
-        ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+    for uid in storage_sop_classes():
+        ae.add_supported_context(uid, ALL_TRANSFER_SYNTAXES)
     return ae
 
 

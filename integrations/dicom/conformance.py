@@ -1,0 +1,139 @@
+"""The DICOM Conformance Statement (PS3.2 layout) and the IHE Integration Statement, written from
+what the SCP really negotiates: the AE that `manage.py run` starts (integrations.dicom.scp), its
+presentation contexts, association limits and status codes, and the DICOMweb services. The
+published copy (docs/dicom-conformance.md) is checked against this in the tests, so the two cannot
+drift; `manage.py dicom_conformance` prints it for a site's own settings."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from pydicom.uid import UID
+
+from integrations.dicom import status
+from integrations.dicom.scp import application_entity
+
+
+def _uid_name(uid: str) -> str:
+    return UID(uid).name if UID(uid).is_valid else uid
+
+
+def conformance_statement() -> str:
+    ae = application_entity()
+    contexts = ae.supported_contexts
+    syntaxes = list(contexts[-1].transfer_syntax) if contexts else []
+    storage = [c for c in contexts if str(c.abstract_syntax) != "1.2.840.10008.1.1"]
+    lines = [
+        "# fhirai DICOM Conformance Statement",
+        "",
+        "Generated from the running configuration by `python manage.py dicom_conformance`; the copy",
+        "in docs/ is checked against it by the test suite. Layout after DICOM PS3.2 Annex A.",
+        "",
+        "## 1 Overview",
+        "",
+        "fhirai receives DICOM studies (C-STORE SCP and DICOMweb STOW-RS), keeps each instance",
+        "durably before answering, de-identifies it, runs AI models on the de-identified copy and",
+        "writes results back as FHIR DiagnosticReports (and HL7 ORU). It answers C-ECHO, and serves",
+        "what it holds by DICOMweb QIDO-RS and WADO-RS.",
+        "",
+        "| SOP Classes | User of Service (SCU) | Provider of Service (SCP) |",
+        "|---|---|---|",
+        "| Verification | No | Yes |",
+        f"| Storage ({len(storage)} SOP classes, listed in 2.2.2.3) | No | Yes |",
+        "",
+        "## 2 Networking",
+        "",
+        "### 2.1 Implementation model",
+        "",
+        f"One Application Entity, **{settings.FHIRAI_DICOM_AE}** (FHIRAI_DICOM_AE), listening on TCP port",
+        f"{settings.FHIRAI_DICOM_PORT} (FHIRAI_DICOM_PORT). A remote AE sends instances; each is parsed",
+        "(header only), written to the blob store with fsync and committed to the database before",
+        "the C-STORE response is returned. Pixel data is never decoded or transcoded on receipt: the",
+        "instance is kept in the transfer syntax it was sent in.",
+        "",
+        "### 2.2 AE specifications",
+        "",
+        "#### 2.2.1 Association policies",
+        "",
+        "- Application context name: 1.2.840.10008.3.1.1.1 (DICOM Application Context).",
+        f"- Maximum PDU size received: {ae.maximum_pdu_size} bytes.",
+        f"- Maximum number of simultaneous associations accepted: {ae.maximum_associations}",
+        "  (FHIRAI_DICOM_MAX_ASSOCIATIONS); more are rejected (rejected-transient, local limit exceeded).",
+        f"- ARTIM, network and DIMSE timeouts: {ae.acse_timeout:.0f} s, {ae.network_timeout:.0f} s, {ae.dimse_timeout:.0f} s.",
+        "- Asynchronous operations window: not supported (one operation at a time per association).",
+        f"- Implementation Class UID: {ae.implementation_class_uid}; Implementation Version Name:",
+        f"  {ae.implementation_version_name}.",
+        "",
+        "#### 2.2.2 Association acceptance policy",
+        "",
+        "- Calling AE title: any, unless an allowed list is set (FHIRAI_DICOM_ALLOW, or the console's",
+        "  Sources); a title not on a non-empty list is rejected (rejected-permanent, service-user,",
+        "  calling AE title not recognized) and the refusal is recorded.",
+        "- Called AE title: not checked.",
+        "- A presentation context is accepted when its abstract syntax is listed below and one of its",
+        "  transfer syntaxes is; the SCP takes the first transfer syntax the requester proposes.",
+        "- SCP/SCU role selection: SCP for all listed SOP classes; no extended negotiation.",
+        "",
+        "##### 2.2.2.1 Transfer syntaxes (every SOP class below)",
+        "",
+        "| Transfer syntax | UID |",
+        "|---|---|",
+        *[f"| {_uid_name(str(t))} | {t} |" for t in syntaxes],
+        "",
+        "##### 2.2.2.2 Verification SOP class",
+        "",
+        "Verification SOP Class (1.2.840.10008.1.1): C-ECHO is answered with Success (0000).",
+        "",
+        "##### 2.2.2.3 Storage SOP classes (SCP)",
+        "",
+        "| SOP class | UID |",
+        "|---|---|",
+        *[f"| {_uid_name(str(c.abstract_syntax))} | {c.abstract_syntax} |" for c in storage],
+        "",
+        "Storage SCP conformance: level 2 (full): every element is kept as sent, including private",
+        "elements; the stored instance is never modified (de-identification writes a separate copy).",
+        "",
+        "| C-STORE status | Code | When |",
+        "|---|---|---|",
+        f"| Success | {status.SUCCESS:04X} | the instance is committed (a resend of a kept instance is a success too) |",
+        f"| Refused: Out of Resources | {status.OUT_OF_RESOURCES:04X} | the blob store or database cannot take it now; retry later |",
+        f"| Error: Data Set does not match SOP Class | {status.DATASET_DOES_NOT_MATCH:04X} | a required UID (Study, Series, SOP Instance, SOP Class) is missing or invalid |",
+        f"| Error: Cannot understand | {status.CANNOT_UNDERSTAND:04X} | the dataset cannot be parsed |",
+        "",
+        "Refused instances are kept for inspection (console: Rejected at the door).",
+        "",
+        "### 2.3 DICOMweb (PS3.18)",
+        "",
+        '- STOW-RS `POST /dicomweb/studies[/{study}]`, `multipart/related; type="application/dicom"`;',
+        "  Store Instances Response with FailureReason A700, A900, C000, C122 per refused part.",
+        "- QIDO-RS studies, series and instances; WADO-RS instances (as stored), metadata, rendered PNG.",
+        "",
+        "### 2.4 Network interfaces",
+        "",
+        "TCP/IP over IPv4 and IPv6 (FHIRAI_BIND_ADDRESS). TLS for DIMSE is not offered yet; run the",
+        "listener behind a TLS-terminating proxy or on a trusted network.",
+        "",
+        "## 3 Media interchange",
+        "",
+        "None.",
+        "",
+        "## 4 Character sets",
+        "",
+        "Every Specific Character Set pydicom decodes is accepted (ISO_IR 100, ISO_IR 192, ISO 2022",
+        "IR 87/149/58 and the others); instances are stored as sent and the attributes fhirai indexes",
+        "are decoded with the instance's own character set.",
+        "",
+        "## 5 Security",
+        "",
+        "De-identification (PS3.15 Basic Application Level Confidentiality Profile with options) of",
+        "every copy that leaves the trusted side; access audit of identified views.",
+        "",
+        "# IHE Integration Statement",
+        "",
+        "| Integration profile | Actor | Options |",
+        "|---|---|---|",
+        "| Scheduled Workflow (SWF.b) | Image Archive (storage part: C-STORE SCP) | none |",
+        "| AI Results (AIR) | Evidence Creator (results as FHIR DiagnosticReport and DICOM SR TID 1500) | none |",
+        "| Web-based Image Access (WIA) | Image Source (QIDO-RS, WADO-RS), Image Store (STOW-RS) | none |",
+        "",
+    ]
+    return "\n".join(lines)
