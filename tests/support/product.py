@@ -108,7 +108,10 @@ class Product:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise AssertionError(f"product exited: {self.tail()}")
-            if port_open(self.dicom_port) and self._healthy():
+            # HTTP first: each bare TCP connect to the DICOM port holds one association slot until
+            # its ARTIM timer (30 s) ends, so probing it every 0.25 s while HTTP is still starting
+            # can use up FHIRAI_DICOM_MAX_ASSOCIATIONS before the test's own storescu connects.
+            if self._healthy() and port_open(self.dicom_port):
                 return
             time.sleep(0.25)
         raise AssertionError(f"product did not start: {self.tail()}")
