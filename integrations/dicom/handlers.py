@@ -38,6 +38,10 @@ def handle_store(event: Event) -> Dataset | int:
             input_reject(protocol="dicom", raw=raw, peer=peer_of(event), code=exc.code, detail=exc.detail)
         except Exception:  # noqa: BLE001 - the refusal must still go out
             log.exception("could not keep rejected DICOM input from %s", peer_of(event))
+            return _failure(status.OUT_OF_RESOURCES, "cannot keep it now; retry later")
+        if exc.code in status.KEPT_CODES:
+            # Kept (durably, above) but not processed: a warning, as storescp would store it.
+            return _failure(status.WARNING_KEPT, f"kept, not processed: {exc.detail}")
         return _failure(code, exc.detail)
     except errors.Unavailable as exc:
         log.warning("C-STORE from %s refused, out of resources: %s", peer_of(event), exc)

@@ -11,6 +11,8 @@ from typing import Any
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt, sop_class
+from pynetdicom import association as pynetdicom_association
+from pynetdicom.service_class import ServiceClass, StorageServiceClass
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
@@ -19,6 +21,19 @@ from fhirai.ingest.sources import dicom_calling_allowed
 from integrations.dicom.handlers import handle_echo, handle_store
 
 log = logging.getLogger(__name__)
+
+
+def _service_class(uid: str) -> type[ServiceClass]:
+    """pynetdicom picks the service of a request by the command's Affected SOP Class UID; a sender
+    that puts something unknown there (seen from dcmtk with some RLE files) had its association
+    aborted, though the presentation context, negotiated for a storage SOP class, was accepted.
+    dcmtk's storescp stores such an instance, and so does fhirai: an unknown class is storage."""
+    found = _uid_to_service_class(uid)
+    return StorageServiceClass if found is ServiceClass else found
+
+
+_uid_to_service_class = pynetdicom_association.uid_to_service_class
+pynetdicom_association.uid_to_service_class = _service_class
 
 
 class NoDelayServer(ThreadedAssociationServer):

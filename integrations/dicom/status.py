@@ -10,6 +10,13 @@ DATASET_DOES_NOT_MATCH = 0xA900
 # PS3.4 B.2.3 "Error: Cannot understand" (Cxxx).
 CANNOT_UNDERSTAND = 0xC000
 
+# PS3.4 B.2.3 "Warning: Data Set does not match SOP Class" (B007): stored, with a warning. fhirai
+# answers it for a dataset it keeps but cannot process (a study, series or SOP UID missing or
+# malformed): the bytes are durable (rejected area, listed in the console), the sender need not
+# retry, and nothing downstream happens.
+WARNING_KEPT = 0xB007
+KEPT_CODES = ("missing-attribute", "invalid-uid")
+
 _BY_CODE = {
     "missing-attribute": DATASET_DOES_NOT_MATCH,
     "invalid-uid": DATASET_DOES_NOT_MATCH,

@@ -35,6 +35,7 @@ from fhirai.api.auth import PHI_ROLES, Principal, principal_of
 from fhirai.ingest import catalog
 from fhirai.ingest.models import Instance, Study
 from fhirai.ingest.receive import input_reject, instance_receive
+from integrations.dicom.status import KEPT_CODES, WARNING_KEPT
 from integrations.dicomweb.multipart import MultipartError, Part, media_type, parts_build, parts_split
 
 log = logging.getLogger(__name__)
@@ -145,10 +146,13 @@ def _stow(request: HttpRequest, *, target_study: str) -> HttpResponse:
     peer = f"stow@{request.META.get('REMOTE_ADDR', '?')}"
     kept: list[Dataset] = []
     failed: list[Dataset] = []
-    unavailable = 0
+    unavailable = warned = 0
     for part in parts:
         reason, ds = _stow_one(part, target_study, peer)
-        if reason is None:
+        if reason is None or reason == WARNING_KEPT:
+            if reason == WARNING_KEPT:
+                ds.WarningReason = WARNING_KEPT
+                warned += 1
             kept.append(ds)
         else:
             failed.append(_failed_item(ds, reason))
@@ -165,7 +169,7 @@ def _stow(request: HttpRequest, *, target_study: str) -> HttpResponse:
         answer = _json(body, 503)
         answer["Retry-After"] = RETRY_AFTER
         return answer
-    return _json(body, 200 if not failed else 202 if kept else 409)
+    return _json(body, 200 if not failed and not warned else 202 if kept else 409)
 
 
 def _stow_one(part: Part, target_study: str, peer: str) -> tuple[int | None, Dataset]:
@@ -189,8 +193,11 @@ def _stow_one(part: Part, target_study: str, peer: str) -> tuple[int | None, Dat
     try:
         instance_receive(raw=part.data, calling_ae=CALLING_AE)
     except domain.InvalidInput as exc:
-        _keep(part.data, peer, exc.code, exc.detail)
-        return CANNOT_UNDERSTAND, item
+        if not _keep(part.data, peer, exc.code, exc.detail):
+            return OUT_OF_RESOURCES, item
+        # A dataset fhirai keeps but cannot process (a UID missing or malformed): stored, with a
+        # warning (B007), as a C-STORE of it is answered.
+        return (WARNING_KEPT if exc.code in KEPT_CODES else CANNOT_UNDERSTAND), item
     except domain.Unavailable:
         return OUT_OF_RESOURCES, item
     except Exception:  # noqa: BLE001 - never a false success
@@ -209,11 +216,13 @@ def _failed_item(item: Dataset, reason: int) -> Dataset:
     return item
 
 
-def _keep(raw: bytes, peer: str, code: str, detail: str) -> None:
+def _keep(raw: bytes, peer: str, code: str, detail: str) -> bool:
     try:
         input_reject(protocol="dicomweb", raw=raw, peer=peer, code=code[:64], detail=detail)
     except Exception:  # noqa: BLE001 - the refusal is answered even when it cannot be kept
         log.exception("could not keep a refused STOW-RS part")
+        return False
+    return True
 
 
 def _qido_studies(request: HttpRequest) -> HttpResponse:

@@ -53,14 +53,15 @@ def test_c_store_success_means_the_instance_is_committed(scp, phantom, blob_dir)
     assert study.instance_count == 3 and study.calling_ae == "TESTSCU"
 
 
-def test_a_dataset_missing_its_study_uid_is_refused_and_kept(scp, phantom, blob_dir):
+def test_a_dataset_missing_its_study_uid_is_kept_with_a_warning_and_not_processed(scp, phantom, blob_dir):
     ds = dcmread(BytesIO(phantom.files[0]))
     del ds.StudyInstanceUID
     assoc = _assoc(scp, CTImageStorage)
     reply = assoc.send_c_store(ds)
     assoc.release()
-    assert reply.Status == status.DATASET_DOES_NOT_MATCH
-    assert "StudyInstanceUID" in reply.ErrorComment
+    # Stored (as dcmtk's storescp would) but not processed: Warning B007, listed as rejected.
+    assert reply.Status == status.WARNING_KEPT == 0xB007
+    assert reply.ErrorComment == "kept, not processed: StudyInstanceUID is missing"
     rejection = Rejection.objects.get()
     assert rejection.protocol == "dicom" and rejection.code == "missing-attribute" and rejection.blob_key
     assert not Instance.objects.exists()
