@@ -285,6 +285,25 @@ def _peers(raw: str) -> dict[str, tuple[str, int]]:
 
 FHIRAI_HL7_PEERS = _peers(env_str("FHIRAI_HL7_PEERS"))
 
+
+def _pacs(raw: str) -> dict[str, tuple[str, str, int]]:
+    """FHIRAI_PACS_DESTINATIONS: NAME=AE_TITLE@HOST:PORT[,...], the PACS that get results as DICOM."""
+    out: dict[str, tuple[str, str, int]] = {}
+    for item in filter(None, (p.strip() for p in raw.split(","))):
+        name, _, address = item.partition("=")
+        aet, _, hostport = address.partition("@")
+        host, _, port = hostport.rpartition(":")
+        if not name.strip() or not 0 < len(aet.strip()) <= 16 or not host or not port.isdigit():
+            raise ImproperlyConfigured(f"FHIRAI_PACS_DESTINATIONS: {item!r} is not NAME=AE_TITLE@HOST:PORT")
+        out[name.strip()] = (aet.strip(), host.strip("[]"), int(port))
+    return out
+
+
+FHIRAI_PACS_DESTINATIONS = _pacs(env_str("FHIRAI_PACS_DESTINATIONS"))
+FHIRAI_DICOM_SENDER = env_str("FHIRAI_DICOM_SENDER", "integrations.dicom.scu.objects_send")
+FHIRAI_DICOM_ECHO = env_str("FHIRAI_DICOM_ECHO", "integrations.dicom.scu.echo")
+FHIRAI_DICOM_TIMEOUT = env_float("FHIRAI_DICOM_TIMEOUT", 30.0)
+
 # --- pipeline ----------------------------------------------------------------------------------
 FHIRAI_STUDY_QUIET_SECONDS = env_float("FHIRAI_STUDY_QUIET_SECONDS", 5.0)
 FHIRAI_SWEEP_SECONDS = env_float("FHIRAI_SWEEP_SECONDS", 2.0)

@@ -214,6 +214,16 @@ class FhirDestinationIn(Schema):
     enabled: bool = True
 
 
+class DicomDestinationIn(Schema):
+    """A PACS: its AE title (1-16 characters, no backslash, not all spaces), host and port."""
+
+    model_config = ConfigDict(extra="forbid")
+    aet: str = Field(pattern=r"^ {0,15}[\x21-\x5B\x5D-\x7E][\x20-\x5B\x5D-\x7E]{0,15}$", max_length=16)
+    host: str = Field(pattern=rf"^{HOST}$", max_length=253)
+    port: int = Field(ge=1, le=65535)
+    enabled: bool = True
+
+
 class MllpDestinationIn(Schema):
     model_config = ConfigDict(extra="forbid")
     host: str = Field(pattern=rf"^{HOST}$", max_length=253)

@@ -567,6 +567,22 @@ def destination_mllp_put(
     return _destination_set(request, f"{dest.MLLP_PREFIX}{peer}", f"{body.host}:{body.port}", body.enabled)
 
 
+@api.put(
+    "/destinations/dicom/{peer}",
+    response={200: s.DestinationOut, 400: s.ErrorOut, **ERRORS},
+    tags=["configuration"],
+)
+def destination_dicom_put(
+    request: HttpRequest,
+    body: s.DicomDestinationIn,
+    peer: str = Path(..., pattern=s.PEER_PATTERN),
+) -> Any:
+    """Set (or add) a PACS that gets each result as DICOM SR in the original study by C-STORE."""
+    return _destination_set(
+        request, f"{dest.DICOM_PREFIX}{peer}", f"{body.aet}@{body.host}:{body.port}", body.enabled
+    )
+
+
 @api.get("/webhooks/dead", response={200: list[s.WebhookDeliveryOut], **ERRORS}, tags=["webhooks"])
 def webhooks_dead_list(request: HttpRequest) -> Any:
     """The dead-letter list: webhook deliveries that failed every attempt, newest first."""

@@ -4,7 +4,8 @@ or add an HL7 peer. Write-back, application ACKs and the console all read this o
 destination fixed in the console is used by the next attempt (a retry) without a restart.
 
 Names: "fhir-upstream" for the upstream FHIR server (its credentials come from the settings),
-"mllp:NAME" for each HL7 v2 peer."""
+"mllp:NAME" for each HL7 v2 peer, "dicom:NAME" for each PACS that gets the results as DICOM (SR)
+by C-STORE, addressed AE_TITLE@HOST:PORT."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from fhirai.results.models import Destination
 
 FHIR_UPSTREAM = "fhir-upstream"
 MLLP_PREFIX = "mllp:"
+DICOM_PREFIX = "dicom:"
 PEER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,58}")
 CHECK_TIMEOUT = 5.0
 
@@ -44,13 +46,17 @@ class DestinationView:
 
 
 def _kind(name: str) -> str:
-    return "fhir" if name == FHIR_UPSTREAM else "mllp"
+    if name == FHIR_UPSTREAM:
+        return "fhir"
+    return "dicom" if name.startswith(DICOM_PREFIX) else "mllp"
 
 
 def _defaults() -> dict[str, str]:
     out = {FHIR_UPSTREAM: settings.FHIRAI_FHIR_UPSTREAM_URL} if settings.FHIRAI_FHIR_UPSTREAM_URL else {}
     for peer, (host, port) in settings.FHIRAI_HL7_PEERS.items():
         out[f"{MLLP_PREFIX}{peer}"] = f"{host}:{port}"
+    for pacs, (aet, host, port) in settings.FHIRAI_PACS_DESTINATIONS.items():
+        out[f"{DICOM_PREFIX}{pacs}"] = f"{aet}@{host}:{port}"
     return out
 
 
@@ -105,6 +111,32 @@ def hl7_peer(peer: str) -> tuple[str, int]:
         raise Unavailable(f"HL7 peer {peer} is not configured (or is switched off)") from None
 
 
+def pacs_peers() -> dict[str, tuple[str, str, int]]:
+    """The enabled PACS destinations: NAME -> (called AE title, host, port)."""
+    return {
+        d.name[len(DICOM_PREFIX) :]: _ae_host_port(d.address)
+        for d in destination_list()
+        if d.kind == "dicom" and d.enabled
+    }
+
+
+def pacs_peer(name: str) -> tuple[str, str, int]:
+    """One PACS destination's address; Unavailable when it is not configured (or switched off)."""
+    try:
+        return pacs_peers()[name]
+    except KeyError:
+        raise Unavailable(f"PACS {name} is not configured (or is switched off)") from None
+
+
+def _ae_host_port(address: str) -> tuple[str, str, int]:
+    aet, sep, rest = address.strip().partition("@")
+    aet = aet.strip()
+    if not sep or not 0 < len(aet) <= 16 or any(c == "\\" or not 0x20 <= ord(c) < 0x7F for c in aet):
+        raise InvalidDestination(f"{address!r} is not AE_TITLE@HOST:PORT (an AE title of 1 to 16 characters)")
+    host, port = _host_port(rest)
+    return aet, host, port
+
+
 def _host_port(address: str) -> tuple[str, int]:
     host, sep, port = address.strip().rpartition(":")
     host = host.strip("[]")
@@ -132,9 +164,12 @@ def destination_clean(name: str, address: str) -> tuple[str, str]:
     name = name.strip()
     if name == FHIR_UPSTREAM:
         return name, _url_check(address)
+    if name.startswith(DICOM_PREFIX) and PEER_NAME.fullmatch(name[len(DICOM_PREFIX) :]):
+        aet, host, port = _ae_host_port(address)
+        return name, f"{aet}@[{host}]:{port}" if ":" in host else f"{aet}@{host}:{port}"
     if not name.startswith(MLLP_PREFIX) or not PEER_NAME.fullmatch(name[len(MLLP_PREFIX) :]):
         raise InvalidDestination(
-            f"a destination is {FHIR_UPSTREAM} or mllp:NAME (letters, digits, _ . -), not {name!r}"
+            f"a destination is {FHIR_UPSTREAM}, mllp:NAME or dicom:NAME (letters, digits, _ . -), not {name!r}"
         )
     host, port = _host_port(address)
     return name, f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
@@ -169,6 +204,11 @@ def destination_probe(name: str) -> str:
     view = destination_get(name)
     if view is None:
         raise Unavailable(f"no destination {name}")
+    if view.kind == "dicom":
+        from django.utils.module_loading import import_string
+
+        aet, host, port = _ae_host_port(view.address)
+        return import_string(settings.FHIRAI_DICOM_ECHO)(name, aet, host, port)
     if view.kind == "mllp":
         host, port = _host_port(view.address)
         try:

@@ -29,6 +29,7 @@ from fhirai.context.records import (
 from fhirai.deid.vault import vault_lookup
 from fhirai.ingest.models import Instance, Study, StudyState
 from fhirai.ingest.state import study_transition
+from fhirai.results.destinations import pacs_peers
 from fhirai.results.models import FhirResource
 from fhirai.results.resources import stable_id, system, validated
 from fhirai.results.store import Token, resource_put
@@ -99,7 +100,7 @@ def report_from_job(job: Any) -> FhirResource:
     )
     ctx.tokens.append(("study", "", f"ImagingStudy/{ctx.imaging['id']}"))
     row = result_report_put(job, ctx)
-    if settings.FHIRAI_DICOM_SR and job.model.task in ("classification", "quantification"):
+    if (settings.FHIRAI_DICOM_SR or pacs_peers()) and job.model.task in ("classification", "quantification"):
         job_sr_store(job, status=report_status(study.revision))
     return row
 
@@ -119,16 +120,20 @@ def job_sr_store(job: Any, *, status: str) -> str:
         str(dcmread(BytesIO(blobs.get(i.deid_blob_key)), stop_before_pixels=True).SOPInstanceUID)
         for i in instances
     ]
-    sr = sr_build(
-        source=originals[0],
-        result=job.result,
-        model=job.model,
-        instance_number=job.revision,
-        status=status,
-        instance_map=dict(zip(deid_uids, originals, strict=True)),
-        evidence=originals[1:],
-        created=job.finished_at,
-    )
+    try:
+        sr = sr_build(
+            source=originals[0],
+            result=job.result,
+            model=job.model,
+            instance_number=job.revision,
+            status=status,
+            instance_map=dict(zip(deid_uids, originals, strict=True)),
+            evidence=originals[1:],
+            created=job.finished_at,
+        )
+    except ValueError as exc:  # a result SR cannot carry: the FHIR report stands alone, visibly
+        record("study", job.study.pk, Event.SKIPPED, detail=f"no DICOM SR: {str(exc)[:300]}")
+        return ""
     key = blobs.put(sr_bytes(sr), area="out")
     InferenceJob.objects.filter(pk=job.pk).update(sr_blob_key=key)
     record("study", job.study.pk, Event.REPORTED, detail=f"DICOM SR (TID 1500) {sr.SOPInstanceUID} built")

@@ -27,11 +27,19 @@ from fhirai.celery import TASK_DELIVER, dispatch_on_commit
 from fhirai.errors import Unavailable
 from fhirai.ingest.models import Study, StudyState
 from fhirai.ingest.state import study_fail, study_transition
-from fhirai.results.destinations import FHIR_UPSTREAM, MLLP_PREFIX, destinations, fhir_upstream_url
+from fhirai.results.destinations import (
+    DICOM_PREFIX,
+    FHIR_UPSTREAM,
+    MLLP_PREFIX,
+    destinations,
+    fhir_upstream_url,
+    pacs_peer,
+)
 from fhirai.results.models import Delivery, DeliveryAttempt, DeliveryState, FhirResource
 from fhirai.results.package import ReportPackage, report_package
 from fhirai.results.resources import references_rewrite
 from fhirai.results.store import resource_read
+from fhirai.routing.models import InferenceJob
 from fhirai.webhooks.events import writeback_failed_emit
 
 log = logging.getLogger(__name__)
@@ -92,7 +100,8 @@ def deliveries_create(report: FhirResource, study: Study | None, *, clinical_rep
     """Queue this report version for every configured destination; returns how many. The report
     is about a study, or (NLP on a clinical report) about the message that carried the report."""
     now = timezone.now()
-    names = destinations()
+    # A PACS gets DICOM objects made from images: not the results read from a report's text.
+    names = [n for n in destinations() if study is not None or not n.startswith(DICOM_PREFIX)]
     for name in names:
         delivery, created = Delivery.objects.get_or_create(
             report=report,
@@ -110,6 +119,33 @@ def deliveries_create(report: FhirResource, study: Study | None, *, clinical_rep
     return len(names)
 
 
+class DicomSender(Protocol):
+    def __call__(self, peer: str, aet: str, host: str, port: int, objects: list[bytes]) -> Outcome:
+        """C-STORE the objects to a PACS. Raises Unavailable when it cannot be reached."""
+
+
+def report_dicom_objects(report: FhirResource) -> list[bytes]:
+    """The DICOM objects of a report version for a PACS: the DICOM SR (TID 1500) of the job that
+    wrote it, built from the identified originals, so it lands in the original study."""
+    from fhirai.results.report import report_id
+
+    if report.study_id is None:
+        return []
+    study = report.study
+    jobs = (
+        InferenceJob.objects.filter(study=study, revision=study.revision)
+        .exclude(sr_blob_key="")
+        .select_related("model")
+        .order_by("-id")
+    )
+    for job in jobs:
+        if report_id(study.study_uid, job.model) == report.rid:
+            from fhirai import blobs
+
+            return [blobs.get(job.sr_blob_key)]
+    return []
+
+
 def _send(destination: str, report: FhirResource) -> Outcome:
     if destination == FHIR_UPSTREAM:
         if not fhir_upstream_url():
@@ -119,6 +155,15 @@ def _send(destination: str, report: FhirResource) -> Outcome:
     if destination.startswith(MLLP_PREFIX):
         sender: ResultSender = import_string(settings.FHIRAI_HL7_SENDER)
         return sender(destination[len(MLLP_PREFIX) :], report_package(report))
+    if destination.startswith(DICOM_PREFIX):
+        peer = destination[len(DICOM_PREFIX) :]
+        aet, host, port = pacs_peer(peer)
+        objects = report_dicom_objects(report)
+        if not objects:
+            note = "no DICOM object for this report (a text result, or SR not built): nothing to send"
+            return Outcome(True, None, note, note)
+        dicom_sender: DicomSender = import_string(settings.FHIRAI_DICOM_SENDER)
+        return dicom_sender(peer, aet, host, port, objects)
     raise Unavailable(f"destination {destination} is no longer configured")
 
 

@@ -159,3 +159,17 @@ def test_webhook_subscriptions_through_the_api(as_role):
         == 404
     )
     assert as_role("viewer").get("/api/webhooks/subscriptions").status_code == 403
+
+
+def test_a_pacs_destination_through_the_api(as_role):
+    from fhirai.results.destinations import pacs_peers
+
+    operator = as_role("operator")
+    put = operator.client.put(
+        "/api/destinations/dicom/PACS",
+        {"aet": "ORTHANC", "host": "pacs.example", "port": 4242},
+        content_type="application/json",
+        headers=operator.headers,
+    )
+    assert put.status_code == 200 and put.json()["address"] == "ORTHANC@pacs.example:4242"
+    assert pacs_peers() == {"PACS": ("ORTHANC", "pacs.example", 4242)}

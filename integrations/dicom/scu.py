@@ -1,0 +1,95 @@
+"""fhirai as a Storage SCU: the results (DICOM SR) sent by C-STORE to a PACS, proposing only the
+presentation contexts the objects need (their SOP class in their own transfer syntax, and
+Explicit/Implicit VR Little Endian as fallbacks), one association per delivery; and C-ECHO for
+the console's Test button. The domain decides what to send (fhirai.results.writeback); this
+module only speaks DIMSE."""
+
+from __future__ import annotations
+
+import logging
+from io import BytesIO
+
+from django.conf import settings
+from pydicom import dcmread
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom import AE
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+from fhirai.errors import Unavailable
+from fhirai.results.writeback import Outcome
+
+log = logging.getLogger(__name__)
+SUCCESS = 0x0000
+WARNINGS = (0x0001, 0xB000, 0xB006, 0xB007)  # stored, with a warning (PS3.4 B.2.3)
+
+
+def _ae() -> AE:
+    ae = AE(ae_title=settings.FHIRAI_DICOM_AE)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = settings.FHIRAI_DICOM_TIMEOUT
+    ae.connection_timeout = min(settings.FHIRAI_DICOM_TIMEOUT, 10.0)
+    return ae
+
+
+def objects_send(peer: str, aet: str, host: str, port: int, objects: list[bytes]) -> Outcome:
+    """C-STORE each object (Part 10 bytes) to AE `aet` at host:port over one association.
+    Delivered when every one got Success or a warning; refused when the PACS answered a failure
+    status or rejected the association permanently; Unavailable when it cannot be reached now."""
+    datasets = [dcmread(BytesIO(raw)) for raw in objects]
+    ae = _ae()
+    for sop_class in sorted({str(ds.SOPClassUID) for ds in datasets}):
+        own = {str(ds.file_meta.TransferSyntaxUID) for ds in datasets if str(ds.SOPClassUID) == sop_class}
+        ae.add_requested_context(sop_class, sorted(own | {ExplicitVRLittleEndian, ImplicitVRLittleEndian}))
+    try:
+        assoc = ae.associate(host, port, ae_title=aet)
+    except OSError as exc:
+        raise Unavailable(f"PACS {peer} unreachable: {type(exc).__name__}") from exc
+    if assoc.is_rejected:
+        primitive = assoc.acceptor.primitive
+        result = getattr(primitive, "result", None)
+        text = (
+            f"association rejected by {aet} (result {result}, reason {getattr(primitive, 'diagnostic', '?')})"
+        )
+        if result == 0x01:  # rejected-permanent: it will not change by waiting
+            return Outcome(delivered=False, status=None, reply=text, summary=text)
+        raise Unavailable(f"PACS {peer}: {text}")
+    if not assoc.is_established:
+        raise Unavailable(f"PACS {peer} ({aet}@{host}:{port}) did not accept an association")
+    answers = []
+    try:
+        for ds in datasets:
+            reply = assoc.send_c_store(ds)
+            code = int(getattr(reply, "Status", -1)) if reply else -1
+            if code == -1:
+                raise Unavailable(f"PACS {peer} gave no C-STORE response (association lost)")
+            answers.append((str(ds.SOPInstanceUID), code, str(getattr(reply, "ErrorComment", "") or "")))
+    finally:
+        if assoc.is_established:
+            assoc.release()
+    failed = [
+        (uid, code, comment) for uid, code, comment in answers if code != SUCCESS and code not in WARNINGS
+    ]
+    lines = [f"{uid}: {code:04X}{' ' + comment if comment else ''}" for uid, code, comment in answers]
+    summary = f"C-STORE {len(answers)} object(s) to {aet}: " + (
+        "all stored" if not failed else f"{len(failed)} refused, status {failed[0][1]:04X}"
+    )
+    return Outcome(delivered=not failed, status=None, reply="\n".join(lines), summary=summary)
+
+
+def echo(peer: str, aet: str, host: str, port: int) -> str:
+    """C-ECHO, for the console's Test button; Unavailable with the reason when it does not answer."""
+    ae = _ae()
+    ae.add_requested_context(Verification)
+    try:
+        assoc = ae.associate(host, port, ae_title=aet)
+    except OSError as exc:
+        raise Unavailable(f"dicom:{peer}: cannot connect to {host}:{port}: {type(exc).__name__}") from exc
+    if not assoc.is_established:
+        raise Unavailable(f"dicom:{peer}: {aet}@{host}:{port} did not accept an association")
+    try:
+        reply = assoc.send_c_echo()
+    finally:
+        assoc.release()
+    code = int(getattr(reply, "Status", -1)) if reply else -1
+    if code != SUCCESS:
+        raise Unavailable(f"dicom:{peer}: C-ECHO answered {code:04X}")
+    return f"dicom:{peer}: {aet}@{host}:{port} answers C-ECHO"

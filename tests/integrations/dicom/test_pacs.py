@@ -1,0 +1,133 @@
+"""Results back into the PACS: a real Orthanc (Debian's package, started by the test) gets the
+DICOM SR of an end-to-end run in the original study by C-STORE from the outbox, a C-FIND finds it
+there, and the SR passes dciodvfy (Debian's dicom3tools). A PACS that is down is retried, not
+lost; the console's Test button answers with C-ECHO."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import time
+import urllib.request
+from io import BytesIO
+
+import pytest
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pynetdicom import AE
+from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind  # type: ignore[attr-defined]
+
+from fhirai import blobs
+from fhirai.results.destinations import destination_probe
+from fhirai.results.models import Delivery, DeliveryAttempt
+from fhirai.results.writeback import delivery_attempt
+from fhirai.routing.models import InferenceJob
+from tests.support import pipeline
+from tests.support.product import free_port, port_open
+
+ORTHANC = shutil.which("Orthanc") or "/usr/sbin/Orthanc"
+pytestmark = [
+    pytest.mark.django_db,
+    pytest.mark.skipif(not shutil.which(ORTHANC), reason="needs Debian's orthanc package"),
+]
+
+
+@pytest.fixture
+def orthanc(tmp_path):
+    dicom_port, http_port = free_port(), free_port()
+    config = tmp_path / "orthanc.json"
+    config.write_text(
+        json.dumps(
+            {
+                "Name": "fhirai-test-pacs",
+                "StorageDirectory": str(tmp_path / "storage"),
+                "IndexDirectory": str(tmp_path / "index"),
+                "DicomAet": "ORTHANC",
+                "DicomPort": dicom_port,
+                "HttpPort": http_port,
+                "RemoteAccessAllowed": False,
+                "AuthenticationEnabled": False,
+                "DicomCheckCalledAet": True,
+                "DicomAlwaysAllowStore": True,
+                "DicomAlwaysAllowFind": True,
+                "DicomAlwaysAllowEcho": True,
+                "Plugins": [],
+            }
+        )
+    )
+    process = subprocess.Popen(
+        [ORTHANC, str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path
+    )
+    deadline = time.monotonic() + 30
+    while not (port_open(dicom_port) and port_open(http_port)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    yield {"dicom": dicom_port, "http": http_port, "process": process}
+    process.terminate()
+    process.wait(15)
+
+
+def _find(port: int, level: str, **keys: str) -> list[Dataset]:
+    query = Dataset()
+    query.QueryRetrieveLevel = level
+    for keyword, value in keys.items():
+        setattr(query, keyword, value)
+    ae = AE(ae_title="FINDSCU")
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
+    assoc = ae.associate("127.0.0.1", port, ae_title="ORTHANC")
+    assert assoc.is_established
+    found = [ds for status, ds in assoc.send_c_find(query, StudyRootQueryRetrieveInformationModelFind) if ds]
+    assoc.release()
+    return found
+
+
+def test_the_sr_lands_in_the_original_study_in_the_pacs_and_validates(
+    phantom, settings, blob_dir, orthanc, tmp_path
+):
+    settings.FHIRAI_FHIR_UPSTREAM_URL = ""
+    settings.FHIRAI_PACS_DESTINATIONS = {"PACS": ("ORTHANC", "127.0.0.1", orthanc["dicom"])}
+    study = pipeline.run_all(phantom, settings)
+    [delivery] = Delivery.objects.all()
+    assert delivery.destination == "dicom:PACS"
+    delivery_attempt(delivery.pk)
+    delivery.refresh_from_db()
+    assert delivery.state == "delivered", delivery.last_response
+    assert DeliveryAttempt.objects.get().summary.endswith("all stored")
+
+    [found] = _find(orthanc["dicom"], "STUDY", StudyInstanceUID=study.study_uid, PatientID="")
+    assert found.PatientID == study.patient_id  # the original identity, re-identified
+    [series] = _find(
+        orthanc["dicom"], "SERIES", StudyInstanceUID=study.study_uid, Modality="SR", SeriesInstanceUID=""
+    )
+    assert series.Modality == "SR"
+
+    sr_bytes = blobs.get(InferenceJob.objects.get().sr_blob_key)
+    sr = dcmread(BytesIO(sr_bytes))
+    assert sr.StudyInstanceUID == study.study_uid and sr.PatientName == study.patient_name
+    with urllib.request.urlopen(f"http://127.0.0.1:{orthanc['http']}/statistics", timeout=5) as answer:
+        assert json.load(answer)["CountInstances"] == 1
+    if shutil.which("dciodvfy"):
+        path = tmp_path / "sr.dcm"
+        path.write_bytes(sr_bytes)
+        check = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=60)
+        errors = [line for line in (check.stdout + check.stderr).splitlines() if line.startswith("Error")]
+        assert errors == []
+
+
+def test_a_pacs_that_is_down_is_retried_and_the_test_button_echoes(phantom, settings, blob_dir, orthanc):
+    settings.FHIRAI_FHIR_UPSTREAM_URL = ""
+    settings.FHIRAI_PACS_DESTINATIONS = {"PACS": ("ORTHANC", "127.0.0.1", orthanc["dicom"])}
+    assert "answers C-ECHO" in destination_probe("dicom:PACS")
+    pipeline.run_all(phantom, settings)
+    delivery = Delivery.objects.get()
+    settings.FHIRAI_PACS_DESTINATIONS = {"PACS": ("ORTHANC", "127.0.0.1", free_port())}  # nobody there
+    delivery_attempt(delivery.pk)
+    delivery.refresh_from_db()
+    assert delivery.state == "pending" and delivery.attempts == 1
+    assert DeliveryAttempt.objects.get().outcome == "unreachable"
+    wrong_ae = {"PACS": ("NOT_ORTHANC", "127.0.0.1", orthanc["dicom"])}  # Orthanc checks the called AE
+    settings.FHIRAI_PACS_DESTINATIONS = wrong_ae
+    Delivery.objects.filter(pk=delivery.pk).update(next_attempt_at=delivery.created_at)
+    delivery_attempt(delivery.pk)
+    delivery.refresh_from_db()
+    assert delivery.state == "failed" and "association rejected" in delivery.last_response
