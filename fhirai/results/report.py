@@ -135,9 +135,46 @@ def job_sr_store(job: Any, *, status: str) -> str:
         record("study", job.study.pk, Event.SKIPPED, detail=f"no DICOM SR: {str(exc)[:300]}")
         return ""
     key = blobs.put(sr_bytes(sr), area="out")
-    InferenceJob.objects.filter(pk=job.pk).update(sr_blob_key=key)
-    record("study", job.study.pk, Event.REPORTED, detail=f"DICOM SR (TID 1500) {sr.SOPInstanceUID} built")
+    image_key = _key_image_store(job, instances, deid_uids, status)
+    InferenceJob.objects.filter(pk=job.pk).update(sr_blob_key=key, key_image_blob_key=image_key)
+    record(
+        "study",
+        job.study.pk,
+        Event.REPORTED,
+        detail=f"DICOM SR (TID 1500) {sr.SOPInstanceUID}"
+        + (" and key image" if image_key else "")
+        + " built",
+    )
     return key
+
+
+def _key_image_store(job: Any, instances: list[Instance], deid_uids: list[str], status: str) -> str:
+    """The key image (Secondary Capture, result drawn, NOT FOR DIAGNOSTIC USE burned in) from the
+    image of the most likely present finding, else the middle image the model read."""
+    from fhirai.results.keyimage import key_image_build, key_image_bytes
+    from fhirai.ui.preview import PreviewUnavailable, dataset_preview_png
+
+    by_deid = dict(zip(deid_uids, instances, strict=True))
+    findings = sorted(
+        (f for f in (job.result or {}).get("findings", []) if str(f.get("instance", "")) in by_deid),
+        key=lambda f: (not f.get("present"), -float(f.get("probability", 0))),
+    )
+    chosen = by_deid[str(findings[0]["instance"])] if findings else instances[len(instances) // 2]
+    original = dcmread(BytesIO(blobs.get(chosen.blob_key)))
+    try:
+        png = dataset_preview_png(original)
+    except PreviewUnavailable as exc:
+        record("study", job.study.pk, Event.SKIPPED, detail=f"no key image: {str(exc)[:300]}")
+        return ""
+    image = key_image_build(
+        source=original,
+        png=png,
+        result=job.result or {},
+        model=job.model,
+        instance_number=job.revision,
+        status=status,
+    )
+    return blobs.put(key_image_bytes(image), area="out")
 
 
 def report_from_text_job(job: Any) -> FhirResource:

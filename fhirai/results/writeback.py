@@ -125,8 +125,8 @@ class DicomSender(Protocol):
 
 
 def report_dicom_objects(report: FhirResource) -> list[bytes]:
-    """The DICOM objects of a report version for a PACS: the DICOM SR (TID 1500) of the job that
-    wrote it, built from the identified originals, so it lands in the original study."""
+    """The DICOM objects of a report version for a PACS: the DICOM SR (TID 1500) and the key image
+    of the job that wrote it, built from the identified originals, so they land in the original study."""
     from fhirai.results.report import report_id
 
     if report.study_id is None:
@@ -142,7 +142,7 @@ def report_dicom_objects(report: FhirResource) -> list[bytes]:
         if report_id(study.study_uid, job.model) == report.rid:
             from fhirai import blobs
 
-            return [blobs.get(job.sr_blob_key)]
+            return [blobs.get(key) for key in (job.sr_blob_key, job.key_image_blob_key) if key]
     return []
 
 

@@ -70,6 +70,7 @@ class InferenceJob(models.Model):
         indexes = [models.Index(fields=["state", "dispatched_at"])]
 
     sr_blob_key = models.CharField(max_length=128, blank=True, default="")  # DICOM SR output, when built
+    key_image_blob_key = models.CharField(max_length=128, blank=True, default="")  # Secondary Capture
 
     def __str__(self) -> str:
         on = f"study {self.study_id}" if self.study_id else f"report {self.clinical_report_id}"
