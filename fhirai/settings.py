@@ -312,6 +312,15 @@ FHIRAI_INFERENCE_TIMEOUT = env_float("FHIRAI_INFERENCE_TIMEOUT", 900.0)
 FHIRAI_INFERENCE_DEVICE = env_str("FHIRAI_INFERENCE_DEVICE", "auto")
 if FHIRAI_INFERENCE_DEVICE not in ("auto", "cpu", "cuda") and not FHIRAI_INFERENCE_DEVICE.startswith("cuda:"):
     raise ImproperlyConfigured("FHIRAI_INFERENCE_DEVICE must be auto, cpu, cuda or cuda:N")
+# Daily QA / phantom studies (regexes on patient name, patient ID, study description): clinical
+# models never read them; a model whose accepts has "qa": true reads only them.
+FHIRAI_QA_PATTERNS = [
+    p.strip()
+    for p in env_str("FHIRAI_QA_PATTERNS", r"\bphantom\b;\bdaily ?qa\b;^qa\b;\bqc\b;\bcalibration\b").split(
+        ";"
+    )
+    if p.strip()
+]
 FHIRAI_WORKER_CONCURRENCY = env_int("FHIRAI_WORKER_CONCURRENCY", 2, minimum=1)
 # --- inference runtime (workers/inference) ---------------------------------------------------------
 # Registered model packages, one directory per name/version; shared by every inference host.

@@ -65,6 +65,12 @@ class Instance(models.Model):
     modality = models.CharField(max_length=16, blank=True, default="")
     # InstanceNumber from the header, for ordering a series (the console's preview) without a read.
     instance_number = models.IntegerField(null=True, blank=True)
+    # For series selection without reading the file: ImageType values (\\-joined), the plane
+    # the image lies in (axial, coronal, sagittal, oblique; "" when it has no orientation) and
+    # the series description.
+    image_type = models.CharField(max_length=128, blank=True, default="", db_default="")
+    plane = models.CharField(max_length=8, blank=True, default="", db_default="")
+    series_description = models.CharField(max_length=64, blank=True, default="", db_default="")
     transfer_syntax_uid = models.CharField(max_length=64)
     blob_key = models.CharField(max_length=128)
     size = models.PositiveBigIntegerField()

@@ -57,6 +57,23 @@ def _text(ds: Dataset, keyword: str, limit: int) -> str:
     return str(value)[:limit]
 
 
+def _plane(ds: Dataset) -> str:
+    """The plane the image lies in, from Image Orientation (Patient): the axis its normal is
+    closest to (within about 30 degrees), else oblique; "" without an orientation."""
+    try:
+        iop = [float(v) for v in ds.get("ImageOrientationPatient") or []]
+    except (TypeError, ValueError):
+        return ""
+    if len(iop) != 6:
+        return ""
+    r, c = iop[:3], iop[3:]
+    normal = [r[1] * c[2] - r[2] * c[1], r[2] * c[0] - r[0] * c[2], r[0] * c[1] - r[1] * c[0]]
+    axis = max(range(3), key=lambda i: abs(normal[i]))
+    if abs(normal[axis]) < 0.866:
+        return "oblique"
+    return ("sagittal", "coronal", "axial")[axis]
+
+
 def _instance_number(ds: Dataset) -> int | None:
     """InstanceNumber (IS) when it is a number that fits the column; None otherwise."""
     try:
@@ -116,6 +133,9 @@ def _instance_commit(
             series_uid=str(ds.SeriesInstanceUID),
             modality=_text(ds, "Modality", 16),
             instance_number=_instance_number(ds),
+            image_type=_text(ds, "ImageType", 128),
+            plane=_plane(ds),
+            series_description=_text(ds, "SeriesDescription", 64),
             transfer_syntax_uid=tsuid[:64],
             blob_key=key,
             size=raw_size,

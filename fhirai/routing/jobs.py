@@ -21,7 +21,7 @@ from fhirai.ingest.state import study_fail, study_transition
 from fhirai.results.report import report_from_job, report_from_text_job, study_reidentify
 from fhirai.results.task import job_task_put
 from fhirai.routing.models import InferenceJob, JobState
-from fhirai.routing.rules import model_inputs, report_models, study_models
+from fhirai.routing.rules import report_models, series_select, study_is_qa, study_models
 
 log = logging.getLogger(__name__)
 MAX_ATTEMPTS = 3
@@ -34,12 +34,15 @@ def study_route(study_id: int) -> None:
         return
     models = study_models(study)
     if not models:
+        qa = study_is_qa(study)
         study_transition(
             study_id,
             from_states=[StudyState.DEIDENTIFIED],
             to=StudyState.NO_MODEL,
             event=Event.SKIPPED,
-            detail="no enabled model accepts this study",
+            detail="daily QA / phantom study: no clinical model reads it"
+            if qa
+            else "no enabled model accepts this study",
             revision=study.revision,
         )
         return
@@ -54,7 +57,18 @@ def study_route(study_id: int) -> None:
         ):
             return
         for model in models:
-            inputs = [i.deid_blob_key for i in model_inputs(model, study)]
+            selection = series_select(model, study)
+            inputs = [i.deid_blob_key for i in selection.inputs]
+            if selection.dropped:  # left out, not failed: say which and why
+                record(
+                    "study",
+                    study_id,
+                    Event.SKIPPED,
+                    detail=f"{model}: reads series of {len(inputs)} instance(s); left out "
+                    + "; ".join(f"{uid[-12:]} ({why})" for uid, why in sorted(selection.dropped.items()))[
+                        :1500
+                    ],
+                )
             try:
                 with transaction.atomic():
                     job = InferenceJob.objects.create(

@@ -102,7 +102,7 @@ def _strings(value: Any, where: str) -> list[str]:
     return list(value)
 
 
-ACCEPT_PATTERNS = {
+ACCEPT_PATTERNS: dict[str, tuple[re.Pattern[str], str]] = {
     "modalities": (re.compile(r"[A-Z][A-Z0-9]{1,15}"), "a DICOM modality code such as CT or CR"),
     "body_parts": (re.compile(r"[A-Z0-9][A-Z0-9 _]{0,15}"), "a Body Part Examined term such as CHEST"),
     "sop_classes": (re.compile(r"[0-2](\.(0|[1-9][0-9]*))+"), "a SOP Class UID"),
@@ -110,14 +110,29 @@ ACCEPT_PATTERNS = {
         re.compile(r"[A-Z0-9]{3}\^[A-Z0-9]{3}|DiagnosticReport"),
         "an HL7 message type such as ORU^R01, or DiagnosticReport",
     ),
+    "image_types": (re.compile(r"[A-Z0-9 _]{1,16}"), "an Image Type value such as AXIAL or PRIMARY"),
+    "planes": (re.compile(r"AXIAL|CORONAL|SAGITTAL|OBLIQUE"), "axial, coronal, sagittal or oblique"),
 }
+ACCEPT_SCALARS = ("min_instances", "qa")
 
 
-def accepts_clean(task: str, accepts: dict[str, Any]) -> dict[str, list[str]]:
+def accepts_clean(task: str, accepts: dict[str, Any]) -> dict[str, Any]:
     """What a model is routed, checked: each value well-formed for its key, NLP models by message
     type only, image models by study attributes only. ManifestError says what is wrong."""
-    out: dict[str, list[str]] = {}
+    out: dict[str, Any] = {}
     for key, values in accepts.items():
+        if key == "min_instances":
+            if values is not None and (
+                not isinstance(values, int) or isinstance(values, bool) or not 1 <= values <= 10000
+            ):
+                raise ManifestError("accepts.min_instances: a whole number from 1 to 10000")
+            out[key] = values
+            continue
+        if key == "qa":
+            if values is not None and not isinstance(values, bool):
+                raise ManifestError("accepts.qa: true (reads daily QA / phantom studies only) or false")
+            out[key] = values
+            continue
         if key not in ACCEPT_PATTERNS:
             raise ManifestError(f"accepts.{key}: not a routing key ({', '.join(ACCEPT_PATTERNS)})")
         pattern, what = ACCEPT_PATTERNS[key]
@@ -126,12 +141,14 @@ def accepts_clean(task: str, accepts: dict[str, Any]) -> dict[str, list[str]]:
             value = value.strip() if key in ("sop_classes", "message_types") else value.strip().upper()
             if key == "message_types":
                 value = "DiagnosticReport" if value.upper() == "DIAGNOSTICREPORT" else value.upper()
+            if key == "planes":
+                value = value.upper()
             if not pattern.fullmatch(value) or len(value) > 64:
                 raise ManifestError(f"accepts.{key}: {value!r} is not {what}")
-            cleaned.append(value)
+            cleaned.append(value.lower() if key == "planes" else value)
         out[key] = list(dict.fromkeys(cleaned))
     if task == "nlp":
-        if any(out.get(k) for k in ("modalities", "body_parts", "sop_classes")):
+        if any(out.get(k) for k in ("modalities", "body_parts", "sop_classes", "image_types", "planes")):
             raise ManifestError("an NLP model reads report text: route it by message_types only")
         if "message_types" in out and not out["message_types"]:
             raise ManifestError("accepts.message_types: an NLP model needs at least one")
@@ -168,8 +185,9 @@ def manifest_parse(data: dict[str, Any]) -> Manifest:
     accepts_in = data.get("accepts") or {}
     accepts = {
         key: _strings(accepts_in.get(key), f"accepts.{key}")
-        for key in ("modalities", "body_parts", "sop_classes", "message_types")
+        for key in ("modalities", "body_parts", "sop_classes", "message_types", "image_types", "planes")
     }
+    accepts.update(accepts_clean(task, {k: accepts_in[k] for k in ACCEPT_SCALARS if k in accepts_in}))
     outputs = dict(data["outputs"])
     activation = outputs.setdefault("activation", "sigmoid")
     if activation not in ACTIVATIONS:
