@@ -17,6 +17,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 from pydicom import dcmread
+from pydicom.dataset import Dataset
 
 from fhirai import blobs
 from fhirai.audit.timeline import Event, record
@@ -130,6 +131,7 @@ def job_sr_store(job: Any, *, status: str) -> str:
             instance_map=dict(zip(deid_uids, originals, strict=True)),
             evidence=originals[1:],
             created=job.finished_at,
+            previous=_earlier_srs(job),
         )
     except ValueError as exc:  # a result SR cannot carry: the FHIR report stands alone, visibly
         record("study", job.study.pk, Event.SKIPPED, detail=f"no DICOM SR: {str(exc)[:300]}")
@@ -146,6 +148,19 @@ def job_sr_store(job: Any, *, status: str) -> str:
         + " built",
     )
     return key
+
+
+def _earlier_srs(job: Any) -> list[Dataset]:
+    """The SR of the previous revision of this study and model, which a revised SR replaces."""
+    earlier = (
+        InferenceJob.objects.filter(study=job.study, model=job.model, revision__lt=job.revision)
+        .exclude(sr_blob_key="")
+        .order_by("-revision")
+        .first()
+    )
+    if earlier is None:
+        return []
+    return [dcmread(BytesIO(blobs.get(earlier.sr_blob_key)), stop_before_pixels=True)]
 
 
 def _key_image_store(job: Any, instances: list[Instance], deid_uids: list[str], status: str) -> str:

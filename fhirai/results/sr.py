@@ -151,6 +151,7 @@ def sr_build(
     instance_map: Mapping[str, Dataset] | None = None,
     evidence: Sequence[Dataset] = (),
     created: datetime | None = None,
+    previous: Sequence[Dataset] = (),
 ) -> hd.sr.Comprehensive3DSR:
     """The result of an image model as a TID 1500 Measurement Report in a Comprehensive 3D SR.
 
@@ -158,7 +159,8 @@ def sr_build(
     `evidence` adds the other identified instances the model read (headers suffice), e.g. the whole
     CT series; `instance_map` maps the de-identified SOP Instance UID a finding names to the
     identified dataset it came from (a finding whose image is not in it is referenced to `source`).
-    `instance_number` is the study's revision; `created` is the Content Date/Time (default now).
+    `instance_number` is the study's revision; `created` is the Content Date/Time (default now);
+    `previous` are the SRs of the earlier revisions it replaces (PredecessorDocumentsSequence).
     Raises ValueError for a text (nlp) result, a result with nothing to report, a measurement the
     record does not declare, or an instance from another study.
     """
@@ -240,6 +242,7 @@ def sr_build(
         content_date=when.date(),
         content_time=when.time().replace(microsecond=0),
         specific_character_set=_character_set(source, texts),
+        previous_versions=list(previous) or None,
     )
 
 
