@@ -300,6 +300,8 @@ def _pacs(raw: str) -> dict[str, tuple[str, str, int]]:
 
 
 FHIRAI_PACS_DESTINATIONS = _pacs(env_str("FHIRAI_PACS_DESTINATIONS"))
+# The largest STOW-RS request (bytes), read into memory: a study in one request is usual.
+FHIRAI_STOW_MAX_BYTES = env_int("FHIRAI_STOW_MAX_BYTES", 1024 * 1024 * 1024, minimum=1024 * 1024)
 FHIRAI_DICOM_SENDER = env_str("FHIRAI_DICOM_SENDER", "integrations.dicom.scu.objects_send")
 FHIRAI_DICOM_ECHO = env_str("FHIRAI_DICOM_ECHO", "integrations.dicom.scu.echo")
 FHIRAI_DICOM_TIMEOUT = env_float("FHIRAI_DICOM_TIMEOUT", 30.0)

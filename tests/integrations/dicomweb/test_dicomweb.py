@@ -122,3 +122,15 @@ def test_multipart_parts_survive_binary_content():
     data = [bytes(range(256)) * 4, b"\r\n--not-a-boundary\r\n", b""]
     body, boundary = parts_build([Part("application/dicom", d) for d in data])
     assert [p.data for p in parts_split(body, boundary)] == data
+
+
+def test_a_whole_study_in_one_request_is_taken_and_the_limit_is_said(client, settings, blob_dir):
+    from tests.support.phantom import ct_phantom
+
+    big = ct_phantom(slices=12, size=256)  # ~1.5 MB of pixels: over Django's 2.5 MB form limit with 2 copies
+    files = big.files + [f for f in big.files]
+    assert sum(len(f) for f in files) > 2_621_440
+    assert stow(client, files).status_code == 200
+    settings.FHIRAI_STOW_MAX_BYTES = 1_000_000
+    too_big = stow(client, big.files)
+    assert too_big.status_code == 413 and "FHIRAI_STOW_MAX_BYTES" in too_big.json()["error"]
