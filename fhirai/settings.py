@@ -315,10 +315,12 @@ FHIRAI_INFERENCE_DEVICE = env_str("FHIRAI_INFERENCE_DEVICE", "auto")
 if FHIRAI_INFERENCE_DEVICE not in ("auto", "cpu", "cuda") and not FHIRAI_INFERENCE_DEVICE.startswith("cuda:"):
     raise ImproperlyConfigured("FHIRAI_INFERENCE_DEVICE must be auto, cpu, cuda or cuda:N")
 # Daily QA / phantom studies (regexes on patient name, patient ID, study description): clinical
-# models never read them; a model whose accepts has "qa": true reads only them.
+# models never read them; a model whose accepts has "qa": true reads only them. The default is
+# narrow on purpose (a "phantom" in a name alone is not enough: test patients are called that);
+# a site sets its own QA naming here.
 FHIRAI_QA_PATTERNS = [
     p.strip()
-    for p in env_str("FHIRAI_QA_PATTERNS", r"\bphantom\b;\bdaily ?qa\b;^qa\b;\bqc\b;\bcalibration\b").split(
+    for p in env_str("FHIRAI_QA_PATTERNS", r"\bdaily ?q[ac]\b;^qa\b;\bqa phantom\b;\bcalibration\b;\bconstancy\b").split(
         ";"
     )
     if p.strip()

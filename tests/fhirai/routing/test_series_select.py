@@ -87,3 +87,13 @@ def test_routing_keys_are_checked():
     for bad in ({"planes": ["diagonal"]}, {"min_instances": 0}, {"qa": "yes"}):
         with pytest.raises(ManifestError):
             accepts_clean("quantification", bad)
+
+
+def test_a_test_patient_called_phantom_is_still_clinical(settings):
+    from fhirai.routing.rules import study_is_qa
+
+    assert not study_is_qa(
+        Study(patient_name="Phantom^Lung", patient_id="PHANTOM-0001", study_description="CT CHEST")
+    )
+    assert study_is_qa(Study(patient_name="QA^CT1", patient_id="QA", study_description="CT"))
+    assert study_is_qa(Study(patient_name="X", patient_id="1", study_description="Daily QC water phantom"))
