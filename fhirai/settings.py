@@ -254,6 +254,7 @@ FHIRAI_DICOM_ACCEPT_SOP_CLASSES = [
 FHIRAI_DICOM_REJECT_SOP_CLASSES = [
     c.strip() for c in env_str("FHIRAI_DICOM_REJECT_SOP_CLASSES").split(",") if c.strip()
 ]
+FHIRAI_DICOM_MAX_PDU = env_int("FHIRAI_DICOM_MAX_PDU", 262144, minimum=4096)
 FHIRAI_DICOM_MAX_ASSOCIATIONS = env_int("FHIRAI_DICOM_MAX_ASSOCIATIONS", 16, minimum=1)
 FHIRAI_MLLP_PORT = env_int("FHIRAI_MLLP_PORT", 2575, minimum=1)
 FHIRAI_MLLP_MAX_BYTES = env_int("FHIRAI_MLLP_MAX_BYTES", 10 * 1024 * 1024, minimum=1024)
@@ -320,9 +321,9 @@ if FHIRAI_INFERENCE_DEVICE not in ("auto", "cpu", "cuda") and not FHIRAI_INFEREN
 # a site sets its own QA naming here.
 FHIRAI_QA_PATTERNS = [
     p.strip()
-    for p in env_str("FHIRAI_QA_PATTERNS", r"\bdaily ?q[ac]\b;^qa\b;\bqa phantom\b;\bcalibration\b;\bconstancy\b").split(
-        ";"
-    )
+    for p in env_str(
+        "FHIRAI_QA_PATTERNS", r"\bdaily ?q[ac]\b;^qa\b;\bqa phantom\b;\bcalibration\b;\bconstancy\b"
+    ).split(";")
     if p.strip()
 ]
 FHIRAI_WORKER_CONCURRENCY = env_int("FHIRAI_WORKER_CONCURRENCY", 2, minimum=1)

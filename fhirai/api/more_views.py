@@ -31,18 +31,10 @@ from fhirai.deid.profile import patient_pseudonym
 from fhirai.ingest.models import Rejection, SourceRule
 from fhirai.ingest.sources import DICOM_AE, MLLP_NETWORK, InvalidSource, source_rule_add, source_rule_remove
 from fhirai.ops.retry import report_retry
+from fhirai.ops.worklist import report_state
 from fhirai.results.models import Delivery
 from fhirai.routing.models import InferenceJob
 from fhirai.webhooks.models import WebhookSubscription
-
-
-def _report_state(report: ClinicalReport) -> str:
-    states = {j.state for j in report.jobs.all()} | {d.state for d in report.deliveries.all()}
-    if "failed" in states:
-        return "failed"
-    if not report.deid_blob_key:
-        return "pending"
-    return "queued" if states - {"done", "delivered"} else "done"
 
 
 def _report_out(r: ClinicalReport) -> dict[str, Any]:
@@ -51,7 +43,7 @@ def _report_out(r: ClinicalReport) -> dict[str, Any]:
         "resource": f"DiagnosticReport/{r.resource.rid}",
         "resource_version": r.resource_version,
         "status": r.status,
-        "state": _report_state(r),
+        "state": report_state(r),
         "deidentified": bool(r.deid_blob_key),
         "received_at": r.received_at,
         "patient_pseudonym": patient_pseudonym(r.patient.mrn, "") if r.patient else "",

@@ -147,3 +147,14 @@ def rejections_filter(f: ItemFilter) -> QuerySet[Rejection]:
     if f.received_to:
         qs = qs.filter(received_at__lt=f.received_to)
     return qs.order_by("-received_at", "-id")
+
+
+def report_state(report: ClinicalReport) -> str:
+    """A clinical report's state as one word: failed (a job or delivery failed), pending (not yet
+    de-identified), queued (work left), done."""
+    states = {j.state for j in report.jobs.all()} | {d.state for d in report.deliveries.all()}
+    if "failed" in states:
+        return "failed"
+    if not report.deid_blob_key:
+        return "pending"
+    return "queued" if states - {"done", "delivered"} else "done"

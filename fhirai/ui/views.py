@@ -48,7 +48,14 @@ from fhirai.ingest.sources import (
     source_rule_remove,
 )
 from fhirai.ops import retry as ops
-from fhirai.ops.worklist import ItemFilter, messages_filter, rejections_filter, reports_filter, studies_filter
+from fhirai.ops.worklist import (
+    ItemFilter,
+    messages_filter,
+    rejections_filter,
+    report_state,
+    reports_filter,
+    studies_filter,
+)
 from fhirai.results import destinations as dest
 from fhirai.results.models import Delivery, FhirResource
 from fhirai.results.writeback import UpstreamReply, reply_summary
@@ -254,7 +261,7 @@ def _row(kind: str, item: Any, principal: Principal) -> dict[str, Any]:
         return {
             "id": item.pk,
             "url": reverse("console:report", args=[item.pk]),
-            "state": _report_state(item),
+            "state": report_state(item),
             "received_at": item.received_at,
             "source": "FHIR",
             "what": f"DiagnosticReport v{item.resource_version}",
@@ -279,19 +286,6 @@ def _row(kind: str, item: Any, principal: Principal) -> dict[str, Any]:
         if principal.sees_phi
         else "",
     }
-
-
-def _report_state(report: ClinicalReport) -> str:
-    states = set(report.jobs.values_list("state", flat=True)) | set(
-        report.deliveries.values_list("state", flat=True)
-    )
-    if "failed" in states:
-        return "failed"
-    if not report.deid_blob_key:
-        return "pending"
-    if states - {"done", "delivered"}:
-        return "queued"
-    return "done"
 
 
 # --- item pages ----------------------------------------------------------------------------------
@@ -500,7 +494,7 @@ def message_page(request: HttpRequest, message_id: int) -> HttpResponse:
         diff=diff_rows,
         diff_error=diff_error,
         retryable=message.state == MessageState.FAILED
-        or (report is not None and _report_state(report) == "failed"),
+        or (report is not None and report_state(report) == "failed"),
         replayable=message.state in (MessageState.PROCESSED, MessageState.FAILED),
     )
 
@@ -525,14 +519,14 @@ def report_page(request: HttpRequest, report_id: int) -> HttpResponse:
         "console/report.html",
         "worklist",
         report=report,
-        state=_report_state(report),
+        state=report_state(report),
         timeline=_timeline(*report.timeline()),
         jobs=InferenceJob.objects.filter(clinical_report=report).select_related("model").order_by("id"),
         results=_results(FhirResource.objects.filter(deliveries__clinical_report=report).distinct()),
         deliveries=_deliveries(Delivery.objects.filter(clinical_report=report), principal),
         diff=diff_rows,
         diff_error=diff_error,
-        retryable=_report_state(report) == "failed",
+        retryable=report_state(report) == "failed",
     )
 
 
@@ -653,7 +647,7 @@ def bulk_retry(request: HttpRequest) -> HttpResponse:
         ids = list(qs.filter(state=MessageState.FAILED).values_list("pk", flat=True)[:BULK_MAX])
         retry_one = lambda i, a: ops.message_retry(i, actor=a)  # noqa: E731
     else:
-        ids = [r.pk for r in qs[:BULK_MAX] if _report_state(r) == "failed"]
+        ids = [r.pk for r in qs[:BULK_MAX] if report_state(r) == "failed"]
         retry_one = lambda i, a: ops.report_retry(i, actor=a)  # noqa: E731
     done, skipped = [], 0
     for item_id in ids:

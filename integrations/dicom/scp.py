@@ -101,6 +101,9 @@ def application_entity() -> AE:
     association negotiation (abstract syntax not supported), before any data is sent."""
     ae = FhiraiAE(ae_title=settings.FHIRAI_DICOM_AE)
     ae.maximum_associations = settings.FHIRAI_DICOM_MAX_ASSOCIATIONS
+    # The largest PDU a sender may send us: pynetdicom's 16 KB default cuts a 512 KB CT slice into
+    # 33 PDUs, each a hand-off between pynetdicom's reader and association threads.
+    ae.maximum_pdu_size = settings.FHIRAI_DICOM_MAX_PDU
     ae.network_timeout = 60
     ae.dimse_timeout = 60
     ae.add_supported_context(Verification)

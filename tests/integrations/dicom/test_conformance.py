@@ -22,6 +22,7 @@ DOC = Path(__file__).resolve().parents[3] / "docs" / "dicom-conformance.md"
 def defaults(settings):
     settings.FHIRAI_DICOM_AE, settings.FHIRAI_DICOM_PORT = "FHIRAI", 11112
     settings.FHIRAI_DICOM_MAX_ASSOCIATIONS = 16
+    settings.FHIRAI_DICOM_MAX_PDU = 262144
     settings.FHIRAI_DICOM_ACCEPT_SOP_CLASSES, settings.FHIRAI_DICOM_REJECT_SOP_CLASSES = [], []
     return settings
 
