@@ -17,4 +17,8 @@ urlpatterns = [
     path("studies/<str:study>/series/<str:series>/instances/<str:sop>", views.instance_retrieve),
     path("studies/<str:study>/series/<str:series>/instances/<str:sop>/metadata", views.instance_metadata),
     path("studies/<str:study>/series/<str:series>/instances/<str:sop>/rendered", views.instance_rendered),
+    path(
+        "studies/<str:study>/series/<str:series>/instances/<str:sop>/frames/<str:frames>",
+        views.instance_frames,
+    ),
 ]

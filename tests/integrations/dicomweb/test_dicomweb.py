@@ -5,6 +5,7 @@ image; roles and tokens as the API has them."""
 from __future__ import annotations
 
 from io import BytesIO
+from pathlib import Path
 
 import pytest
 from pydicom import dcmread
@@ -134,3 +135,26 @@ def test_a_whole_study_in_one_request_is_taken_and_the_limit_is_said(client, set
     settings.FHIRAI_STOW_MAX_BYTES = 1_000_000
     too_big = stow(client, big.files)
     assert too_big.status_code == 413 and "FHIRAI_STOW_MAX_BYTES" in too_big.json()["error"]
+
+
+def test_wado_frames_are_decoded_native_pixels(client, blob_dir):
+    import numpy as np
+    import pydicom
+
+    path = Path(pydicom.__file__).parent / "data" / "test_files" / "examples_ybr_color.dcm"  # 30 frames, JPEG
+    original = dcmread(path)
+    stow(client, [path.read_bytes()])
+    base = (
+        f"/dicomweb/studies/{original.StudyInstanceUID}/series/{original.SeriesInstanceUID}"
+        f"/instances/{original.SOPInstanceUID}/frames"
+    )
+    response = client.get(
+        f"{base}/1,30", headers={"Accept": 'multipart/related; type="application/octet-stream"'}
+    )
+    assert response.status_code == 200
+    first, last = parts_split(response.content, media_type(response["Content-Type"])[1]["boundary"])
+    expected = original.pixel_array
+    assert first.data == np.ascontiguousarray(expected[0]).tobytes()
+    assert last.data == np.ascontiguousarray(expected[29]).tobytes()
+    assert client.get(f"{base}/31").status_code == 404
+    assert client.get(f"{base}/x").status_code == 400
