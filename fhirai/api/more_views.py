@@ -24,7 +24,9 @@ from fhirai.api.views import (
     _page,
     _timeline,
     api,
+    job_out,
     nul_free,
+    paged,
 )
 from fhirai.context.models import ClinicalReport
 from fhirai.deid.profile import patient_pseudonym
@@ -62,12 +64,7 @@ def reports_list(request: HttpRequest, limit: int = Limit, offset: int = Offset)
         .prefetch_related("jobs", "deliveries")
         .order_by("-received_at", "-id")
     )
-    return {
-        "count": qs.count(),
-        "limit": limit,
-        "offset": offset,
-        "items": [_report_out(r) for r in qs[offset : offset + limit]],
-    }
+    return paged(qs, limit, offset, _report_out)
 
 
 @api.get(
@@ -83,16 +80,7 @@ def report_detail(request: HttpRequest, report_id: int = Path(..., ge=1, le=MAX_
     out = _report_out(report)
     out["timeline"] = _timeline(*report.timeline())
     out["jobs"] = [
-        {
-            "id": j.pk,
-            "model": str(j.model),
-            "revision": j.revision,
-            "state": j.state,
-            "attempts": j.attempts,
-            "dispatched_at": j.dispatched_at,
-            "finished_at": j.finished_at,
-            "error": j.error,
-        }
+        job_out(j)
         for j in InferenceJob.objects.filter(clinical_report=report).select_related("model").order_by("id")
     ]
     out["deliveries"] = [
@@ -133,22 +121,18 @@ def rejections_list(
     if code:
         qs = qs.filter(code=code)
     qs = nul_free(qs, protocol, code)
+    return paged(qs, limit, offset, _rejection_out)
+
+
+def _rejection_out(r: Rejection) -> dict[str, Any]:
     return {
-        "count": qs.count(),
-        "limit": limit,
-        "offset": offset,
-        "items": [
-            {
-                "id": r.pk,
-                "protocol": r.protocol,
-                "peer": r.peer,
-                "code": r.code,
-                "detail": r.detail,
-                "kept": bool(r.blob_key),
-                "received_at": r.received_at,
-            }
-            for r in qs[offset : offset + limit]
-        ],
+        "id": r.pk,
+        "protocol": r.protocol,
+        "peer": r.peer,
+        "code": r.code,
+        "detail": r.detail,
+        "kept": bool(r.blob_key),
+        "received_at": r.received_at,
     }
 
 

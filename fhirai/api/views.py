@@ -6,6 +6,7 @@ search is recorded as an AccessEvent. Errors are JSON: {"detail": "..."}."""
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -41,7 +42,7 @@ from fhirai.ops.retry import (
 from fhirai.ops.worklist import ItemFilter, studies_filter
 from fhirai.results import destinations as dest
 from fhirai.results.models import Delivery, FhirResource
-from fhirai.results.writeback import UpstreamReply, reply_summary
+from fhirai.results.writeback import delivery_summary
 from fhirai.routing.manifest import ManifestError, accepts_clean
 from fhirai.routing.models import ModelRecord
 from fhirai.webhooks.outbox import webhook_replay, webhooks_dead
@@ -162,6 +163,29 @@ def nul_free(qs: QuerySet[Any], *values: object) -> QuerySet[Any]:
     return qs
 
 
+def paged(qs: QuerySet[Any], limit: int, offset: int, out: Callable[[Any], dict[str, Any]]) -> dict[str, Any]:
+    """One page of `qs` as every list answers it: count, limit, offset, items."""
+    return {
+        "count": qs.count(),
+        "limit": limit,
+        "offset": offset,
+        "items": [out(r) for r in qs[offset : offset + limit]],
+    }
+
+
+def job_out(j: Any) -> dict[str, Any]:
+    return {
+        "id": j.pk,
+        "model": str(j.model),
+        "revision": j.revision,
+        "state": j.state,
+        "attempts": j.attempts,
+        "dispatched_at": j.dispatched_at,
+        "finished_at": j.finished_at,
+        "error": j.error,
+    }
+
+
 def _page(limit: int, offset: int) -> tuple[int, int]:
     if not 1 <= limit <= MAX_LIMIT or not 0 <= offset <= MAX_OFFSET:
         raise HttpError(422, f"limit must be 1 to {MAX_LIMIT} and offset at least 0")
@@ -248,11 +272,7 @@ def studies_list(request: HttpRequest, filters: Query[StudyFilter]) -> dict[str,
 
 
 def _delivery_out(d: Delivery) -> dict[str, Any]:
-    summary = ""
-    if d.last_status is not None:  # the status and OperationOutcome codes; the body may echo PHI
-        summary = reply_summary(UpstreamReply(status=d.last_status, body=d.last_response))
-    elif d.last_response:
-        summary = d.last_response.splitlines()[0][:200]
+    summary = delivery_summary(d)  # the status and OperationOutcome codes; the body may echo PHI
     return {
         "id": d.pk,
         "report": f"DiagnosticReport/{d.report.rid}",
@@ -284,19 +304,7 @@ def study_detail(request: HttpRequest, study_id: int = Path(..., ge=1, le=MAX_ID
     study = get_object_or_404(Study.objects.prefetch_related("jobs__model"), pk=study_id)
     out = _study_out(study, principal)
     out["timeline"] = _timeline("study", study.pk)
-    out["jobs"] = [
-        {
-            "id": j.pk,
-            "model": str(j.model),
-            "revision": j.revision,
-            "state": j.state,
-            "attempts": j.attempts,
-            "dispatched_at": j.dispatched_at,
-            "finished_at": j.finished_at,
-            "error": j.error,
-        }
-        for j in sorted(study.jobs.all(), key=lambda j: j.pk)
-    ]
+    out["jobs"] = [job_out(j) for j in sorted(study.jobs.all(), key=lambda j: j.pk)]
     out["reports"] = [
         f"DiagnosticReport/{rid}"
         for rid in FhirResource.objects.filter(study=study, resource_type="DiagnosticReport")
@@ -382,12 +390,7 @@ def messages_list(
     if sender:
         qs = qs.filter(sender=sender)
     qs = nul_free(qs, state, message_type, sender)
-    return {
-        "count": qs.count(),
-        "limit": limit,
-        "offset": offset,
-        "items": [_message_out(m) for m in qs[offset : offset + limit]],
-    }
+    return paged(qs, limit, offset, _message_out)
 
 
 @api.get(
@@ -449,12 +452,7 @@ def deliveries_list(
     if destination:
         qs = qs.filter(destination=destination)
     qs = nul_free(qs, state, destination)
-    return {
-        "count": qs.count(),
-        "limit": limit,
-        "offset": offset,
-        "items": [_delivery_out(d) for d in qs[offset : offset + limit]],
-    }
+    return paged(qs, limit, offset, _delivery_out)
 
 
 @api.post(

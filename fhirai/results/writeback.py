@@ -167,6 +167,14 @@ def _send(destination: str, report: FhirResource) -> Outcome:
     raise Unavailable(f"destination {destination} is no longer configured")
 
 
+def delivery_summary(delivery: Delivery) -> str:
+    """One line for a delivery's last answer: the status and OperationOutcome codes, or the first
+    line of the reply (the whole reply may echo patient data and is shown to identified roles only)."""
+    if delivery.last_status is not None:
+        return reply_summary(UpstreamReply(status=delivery.last_status, body=delivery.last_response))
+    return delivery.last_response.splitlines()[0][:200] if delivery.last_response else ""
+
+
 def reply_summary(reply: UpstreamReply) -> str:
     """One line for the timeline: the HTTP status and, for an OperationOutcome, each issue's code
     and location (its diagnostics stay in the delivery record: a server may echo patient data);

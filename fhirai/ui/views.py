@@ -23,7 +23,7 @@ from django.contrib.auth import views as auth_views
 from django.core.paginator import Paginator
 from django.db import connection
 from django.db.models import QuerySet
-from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse, QueryDict
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils import timezone
@@ -58,7 +58,7 @@ from fhirai.ops.worklist import (
 )
 from fhirai.results import destinations as dest
 from fhirai.results.models import Delivery, FhirResource
-from fhirai.results.writeback import UpstreamReply, reply_summary
+from fhirai.results.writeback import delivery_summary
 from fhirai.routing.models import InferenceJob, ModelRecord
 from fhirai.ui.forms import AcceptsForm, DestinationForm, ProfileForm, SubscriptionForm
 from fhirai.webhooks.models import WebhookDelivery, WebhookSubscription
@@ -154,9 +154,11 @@ def _day(value: str, *, end: bool = False) -> datetime | None:
     return moment + timedelta(days=1) if end else moment
 
 
-def _filter_of(request: HttpRequest, principal: Principal) -> ItemFilter:
+def _filter_of(params: QueryDict, principal: Principal) -> ItemFilter:
+    """The worklist's filter from its fields (the query string, or the bulk-retry form's copy)."""
+
     def value(key: str) -> str:
-        return request.GET.get(key, "").replace("\x00", "").strip()  # PostgreSQL text holds no NUL
+        return params.get(key, "").replace("\x00", "").strip()  # PostgreSQL text holds no NUL
 
     phi = principal.sees_phi
     return ItemFilter(
@@ -199,7 +201,7 @@ def worklist(request: HttpRequest) -> HttpResponse:
     refused = [k for k in ("mrn", "name", "accession") if request.GET.get(k) and not principal.sees_phi]
     if refused:
         messages.error(request, f"the {principal.role} role may not search by {', '.join(refused)}")
-    f = _filter_of(request, principal)
+    f = _filter_of(request.GET, principal)
     qs = _items(kind, f, principal)
     paginator = Paginator(qs, PAGE_SIZE)
     page = paginator.get_page(request.GET.get("page"))
@@ -308,15 +310,10 @@ def _timeline(kind: str, item_id: int) -> list[dict[str, Any]]:
 def _deliveries(qs: QuerySet[Delivery], principal: Principal) -> list[dict[str, Any]]:
     out = []
     for d in qs.select_related("report").prefetch_related("attempt_log").order_by("id"):
-        summary = ""
-        if d.last_status is not None:
-            summary = reply_summary(UpstreamReply(status=d.last_status, body=d.last_response))
-        elif d.last_response:
-            summary = d.last_response.splitlines()[0][:200]
         out.append(
             {
                 "d": d,
-                "summary": summary,
+                "summary": delivery_summary(d),
                 # The peer's full reply may echo patient data: identified roles only.
                 "response": d.last_response if principal.sees_phi else "",
                 "attempts": [
@@ -637,7 +634,7 @@ def bulk_retry(request: HttpRequest) -> HttpResponse:
     if principal.role not in PHI_ROLES:
         return _forbidden(request, principal, f"the {principal.role} role may not retry")
     kind = request.POST.get("kind", "study")
-    f = _filter_of_post(request, principal)
+    f = _filter_of(request.POST, principal)
     back = f"{reverse('console:worklist')}?{request.POST.get('query', '')}"
     qs = _items(kind, f, principal)
     if kind == "study":
@@ -661,12 +658,6 @@ def bulk_retry(request: HttpRequest) -> HttpResponse:
         request, f"{len(done)} failed {kind}(s) retried" + (f", {skipped} skipped" if skipped else "")
     )
     return redirect(back)
-
-
-def _filter_of_post(request: HttpRequest, principal: Principal) -> ItemFilter:
-    fake = HttpRequest()
-    fake.GET = request.POST  # the worklist's own filter fields, posted with the button
-    return _filter_of(fake, principal)
 
 
 # --- configuration -------------------------------------------------------------------------------

@@ -287,18 +287,20 @@ def _audit(reader: Principal, action: str, ids: list[int]) -> None:
         access_record(reader, action, kind="study", ids=ids, detail="DICOMweb")
 
 
-def _study_or_404(study_uid: str) -> Study | HttpResponse:
-    study = catalog.study_get(study_uid)
-    return study if study is not None else _error(404, "no such study here")
-
-
-def series_search(request: HttpRequest, study: str) -> HttpResponse:
+def _study_read(request: HttpRequest, study_uid: str) -> tuple[Principal, Study] | HttpResponse:
+    """The reader (admin or operator) and the study, or the answer that refuses the read."""
     reader = _reader(request)
     if isinstance(reader, HttpResponse):
         return reader
-    found = _study_or_404(study)
-    if isinstance(found, HttpResponse):
-        return found
+    study = catalog.study_get(study_uid)
+    return (reader, study) if study is not None else _error(404, "no such study here")
+
+
+def series_search(request: HttpRequest, study: str) -> HttpResponse:
+    read = _study_read(request, study)
+    if isinstance(read, HttpResponse):
+        return read
+    reader, found = read
     _audit(reader, "dicomweb.search", [found.pk])
     base = _base(request)
     return _json(
@@ -316,12 +318,10 @@ def series_search(request: HttpRequest, study: str) -> HttpResponse:
 
 
 def instances_search(request: HttpRequest, study: str, series: str) -> HttpResponse:
-    reader = _reader(request)
-    if isinstance(reader, HttpResponse):
-        return reader
-    found = _study_or_404(study)
-    if isinstance(found, HttpResponse):
-        return found
+    read = _study_read(request, study)
+    if isinstance(read, HttpResponse):
+        return read
+    reader, found = read
     rows = list(catalog.instances_of(found, series))
     if not rows:
         return _error(404, "no such series here")
@@ -351,12 +351,10 @@ def instances_search(request: HttpRequest, study: str, series: str) -> HttpRespo
 def _instances(
     request: HttpRequest, study: str, series: str = "", sop: str = ""
 ) -> tuple[Principal, Study, list[Instance]] | HttpResponse:
-    reader = _reader(request)
-    if isinstance(reader, HttpResponse):
-        return reader
-    found = _study_or_404(study)
-    if isinstance(found, HttpResponse):
-        return found
+    read = _study_read(request, study)
+    if isinstance(read, HttpResponse):
+        return read
+    reader, found = read
     rows = list(catalog.instances_of(found, series, sop))
     if not rows:
         return _error(404, "nothing of that here")
