@@ -27,6 +27,7 @@ TASK_MESSAGES_PROCESS = "workers.tasks.messages_process"
 TASK_APP_ACK = "workers.tasks.message_app_ack"
 TASK_REPORT_DEIDENTIFY = "workers.tasks.clinical_report_deidentify"
 TASK_WEBHOOK_DELIVER = "workers.tasks.webhook_deliver"
+TASK_PRIOR_FETCH = "workers.tasks.prior_fetch"
 
 
 def dispatch(task_name: str, *args: Any) -> None:

@@ -306,6 +306,17 @@ FHIRAI_STOW_MAX_BYTES = env_int("FHIRAI_STOW_MAX_BYTES", 1024 * 1024 * 1024, min
 FHIRAI_DICOM_SENDER = env_str("FHIRAI_DICOM_SENDER", "integrations.dicom.scu.objects_send")
 FHIRAI_DICOM_ECHO = env_str("FHIRAI_DICOM_ECHO", "integrations.dicom.scu.echo")
 FHIRAI_DICOM_TIMEOUT = env_float("FHIRAI_DICOM_TIMEOUT", 30.0)
+# Priors (issue 9): the PACS asked by C-FIND for a patient's previous comparable study and told by
+# C-MOVE to send it to fhirai's priors AE title (the same SCP port; that title must be known to the
+# PACS with this host and port). A name from FHIRAI_PACS_DESTINATIONS or AE_TITLE@HOST:PORT; empty:
+# priors come only from studies fhirai already holds.
+FHIRAI_PRIORS_PACS = env_str("FHIRAI_PRIORS_PACS")
+FHIRAI_PRIORS_AE = env_str("FHIRAI_PRIORS_AE", "FHIRAI_PRIORS")
+if not (0 < len(FHIRAI_PRIORS_AE) <= 16) or FHIRAI_PRIORS_AE == FHIRAI_DICOM_AE:
+    raise ImproperlyConfigured("FHIRAI_PRIORS_AE: 1 to 16 characters, not FHIRAI_DICOM_AE")
+# The longest a C-FIND + C-MOVE of one prior may take before the model runs without it (seconds).
+FHIRAI_PRIORS_TIMEOUT = env_float("FHIRAI_PRIORS_TIMEOUT", 300.0)
+FHIRAI_PRIORS_CLIENT = env_str("FHIRAI_PRIORS_CLIENT", "integrations.dicom.qr.PacsPriors")
 
 # --- pipeline ----------------------------------------------------------------------------------
 FHIRAI_STUDY_QUIET_SECONDS = env_float("FHIRAI_STUDY_QUIET_SECONDS", 5.0)

@@ -22,6 +22,7 @@ from fhirai.ingest.models import Study, StudyState
 from fhirai.results.writeback import deliveries_due, delivery_redispatch
 from fhirai.routing.jobs import job_retry, jobs_redispatch_stalled, study_route
 from fhirai.routing.models import InferenceJob, JobState
+from fhirai.routing.priors import priors_sweep
 from fhirai.webhooks.outbox import webhooks_sweep
 
 log = logging.getLogger(__name__)
@@ -34,6 +35,7 @@ def pipeline_sweep() -> dict[str, int]:
         timezone.now() - timedelta(seconds=settings.FHIRAI_STALL_SECONDS)
     )
     counts["jobs_redispatched"] = jobs_redispatch_stalled()
+    counts["priors_swept"] = priors_sweep()
     counts["deliveries_dispatched"] = _deliveries_dispatch()
     counts["messages_redispatched"] = messages_redispatch_stalled()
     counts["app_acks_dispatched"] = app_acks_due()

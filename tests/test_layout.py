@@ -25,6 +25,21 @@ def test_the_domain_never_imports_adapters_or_workers():
     assert offenders == []
 
 
+def test_the_core_never_imports_the_console():
+    """fhirai/ui is the console, an outer layer (with the Django admin pages and the URL wiring):
+    the domain, the API and the adapters may be used by it, never the other way round."""
+    offenders = [
+        p.relative_to(ROOT).as_posix()
+        for folder in ("fhirai", "integrations", "workers")
+        for p in _python(folder)
+        if "ui" not in p.relative_to(ROOT).parts[1:2]
+        and p.name != "admin.py"
+        and p.relative_to(ROOT).as_posix() not in WIRING
+        and re.search(r"^\s*(from|import)\s+fhirai\.ui\b", p.read_text(), re.M)
+    ]
+    assert offenders == []
+
+
 def test_only_settings_reads_the_environment():
     offenders = [
         p.relative_to(ROOT).as_posix()

@@ -15,7 +15,7 @@ from fhirai.context import acks, messages, reports
 from fhirai.deid import study as deid_study
 from fhirai.errors import Unavailable
 from fhirai.results import writeback
-from fhirai.routing import jobs
+from fhirai.routing import jobs, priors
 from fhirai.webhooks import outbox as webhooks
 from workers import status as _status  # noqa: F401 - connects the worker heartbeat signals (console dashboard)
 
@@ -52,11 +52,18 @@ def clinical_report_deidentify(report_id: int) -> None:
 
 
 @shared_task(name="workers.tasks.study_infer", acks_late=True, reject_on_worker_lost=True)
-def study_infer(job_id: int, model: str, version: str, inputs: list[str]) -> None:
+def study_infer(
+    job_id: int,
+    model: str,
+    version: str,
+    inputs: list[str],
+    priors: list[str] | None = None,
+    prior_days: int | None = None,
+) -> None:
     from workers.inference.runtime import ModelInputError, run_model  # torch loads on inference hosts only
 
     try:
-        output = run_model(model, version, inputs)
+        output = run_model(model, version, inputs, prior_keys=priors or [], prior_days=prior_days)
     except ModelInputError as exc:
         log.warning("job %s: %s %s cannot run on its input: %s", job_id, model, version, exc)
         job_fail.apply_async(args=(job_id, str(exc)), queue="default")
@@ -72,6 +79,11 @@ def job_record_result(job_id: int, output: dict[str, Any]) -> None:
 @shared_task(name="workers.tasks.job_fail", **RETRY)
 def job_fail(job_id: int, error: str) -> None:
     jobs.job_fail(job_id, error)
+
+
+@shared_task(name="workers.tasks.prior_fetch", **RETRY)
+def prior_fetch(job_id: int) -> None:
+    priors.prior_fetch(job_id)
 
 
 @shared_task(name="workers.tasks.delivery_attempt", acks_late=True)

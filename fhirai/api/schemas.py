@@ -81,6 +81,7 @@ class JobOut(Schema):
     dispatched_at: datetime
     finished_at: datetime | None
     error: str
+    prior: str | None = None  # the prior study's fetch, for a model that reads one
 
 
 class DeliveryOut(Schema):

@@ -44,7 +44,7 @@ from fhirai.results import destinations as dest
 from fhirai.results.models import Delivery, FhirResource
 from fhirai.results.writeback import delivery_summary
 from fhirai.routing.manifest import ManifestError, accepts_clean
-from fhirai.routing.models import ModelRecord
+from fhirai.routing.models import ModelRecord, PriorFetch
 from fhirai.webhooks.outbox import webhook_replay, webhooks_dead
 
 MAX_LIMIT = 500
@@ -173,6 +173,13 @@ def paged(qs: QuerySet[Any], limit: int, offset: int, out: Callable[[Any], dict[
     }
 
 
+def job_prior(j: Any) -> str | None:
+    """Where the job's prior study stands ("ready: prior study 12 from pacs, 370 days earlier: 24
+    instance(s)"), None for a model that reads none. No identifiers, no dates."""
+    fetch = PriorFetch.objects.filter(job_id=j.pk).first()
+    return f"{fetch.state}: {fetch.detail}".rstrip(": ") if fetch is not None else None
+
+
 def job_out(j: Any) -> dict[str, Any]:
     return {
         "id": j.pk,
@@ -183,6 +190,7 @@ def job_out(j: Any) -> dict[str, Any]:
         "dispatched_at": j.dispatched_at,
         "finished_at": j.finished_at,
         "error": j.error,
+        "prior": job_prior(j),
     }
 
 

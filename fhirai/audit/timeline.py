@@ -19,6 +19,7 @@ class Event(models.TextChoices):
     PROCESSED = "processed"
     WRITTEN_BACK = "written_back"
     SKIPPED = "skipped"
+    PRIOR = "prior"
     RETRIED = "retried"
     REPLAYED = "replayed"
     FAILED = "failed"

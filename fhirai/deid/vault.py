@@ -76,9 +76,12 @@ def vault_put(kind: str, *, pseudonym: str, original: str) -> None:
 
 def vault_lookup(kind: str, pseudonym: str, *, purpose: str = "write-back") -> str:
     """The original behind `pseudonym` (the read is audited); NotFound if this site never issued it."""
-    entry = VaultEntry.objects.filter(kind=kind, pseudonym=pseudonym).first()
+    # Longer than any pseudonym this site issues (a search term typed into a filter): not found.
+    entry = (
+        VaultEntry.objects.filter(kind=kind, pseudonym=pseudonym).first() if len(pseudonym) <= 64 else None
+    )
     VaultAccess.objects.create(
-        at=timezone.now(), kind=kind, pseudonym=pseudonym, purpose=purpose[:64], found=entry is not None
+        at=timezone.now(), kind=kind, pseudonym=pseudonym[:64], purpose=purpose[:64], found=entry is not None
     )
     if entry is None:
         raise NotFound(f"no {kind} pseudonym {pseudonym}")

@@ -35,6 +35,9 @@ class Study(models.Model):
     body_part = models.CharField(max_length=16, blank=True, default="")
     modalities = models.CharField(max_length=64, blank=True, default="")
     calling_ae = models.CharField(max_length=16, blank=True, default="")
+    # "clinical" (sent to fhirai to be read) or "prior" (fetched from the PACS for comparison:
+    # de-identified like any study, never routed to a model on its own, never reported).
+    role = models.CharField(max_length=8, default="clinical", db_default="clinical")
     # No pseudonyms here: the vault is the only place that maps them to these identifiers.
     instance_count = models.PositiveIntegerField(default=0)
     first_received_at = models.DateTimeField()

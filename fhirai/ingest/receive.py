@@ -103,28 +103,37 @@ def _study_defaults(ds: Dataset, *, now: object, calling_ae: str) -> dict[str, o
     }
 
 
-def instance_receive(*, raw: bytes, calling_ae: str = "", transfer_syntax_uid: str = "") -> Received:
+def instance_receive(
+    *, raw: bytes, calling_ae: str = "", transfer_syntax_uid: str = "", role: str = "clinical"
+) -> Received:
     """Keep one instance durably. Returns only after the commit, so the caller may acknowledge.
     Raises InvalidInput for data that can never be stored as an instance, Unavailable when the
-    blob store or database cannot take it now."""
+    blob store or database cannot take it now. `role` "prior": an instance of a prior study moved
+    in for comparison (fhirai.routing.priors), which never opens a revision."""
     ds = header_parse(raw)
     key = blobs.put(raw, area="raw")
     try:
         return _instance_commit(
-            ds, raw_size=len(raw), key=key, calling_ae=calling_ae, transfer_syntax_uid=transfer_syntax_uid
+            ds,
+            raw_size=len(raw),
+            key=key,
+            calling_ae=calling_ae,
+            transfer_syntax_uid=transfer_syntax_uid,
+            role=role,
         )
     except DatabaseError as exc:
         raise Unavailable(f"database: {type(exc).__name__}") from exc
 
 
 def _instance_commit(
-    ds: Dataset, *, raw_size: int, key: str, calling_ae: str, transfer_syntax_uid: str
+    ds: Dataset, *, raw_size: int, key: str, calling_ae: str, transfer_syntax_uid: str, role: str = "clinical"
 ) -> Received:
     now = timezone.now()
     tsuid = transfer_syntax_uid or str(getattr(ds.get("file_meta"), "TransferSyntaxUID", "") or "")
     with transaction.atomic():
         study, created = Study.objects.get_or_create(
-            study_uid=str(ds.StudyInstanceUID), defaults=_study_defaults(ds, now=now, calling_ae=calling_ae)
+            study_uid=str(ds.StudyInstanceUID),
+            defaults={**_study_defaults(ds, now=now, calling_ae=calling_ae), "role": role},
         )
         instance_id = _instance_insert(
             study_id=study.pk,
@@ -178,9 +187,10 @@ def _study_touch(study: Study, ds: Dataset, *, instance_id: int, now: object) ->
         Study.objects.filter(pk=study.pk).update(
             modalities=",".join(filter(None, [study.modalities, modality]))
         )
-    counted = Study.objects.filter(pk=study.pk, state=StudyState.RECEIVING).update(
-        instance_count=F("instance_count") + 1, last_received_at=now
-    )
+    receiving = Study.objects.filter(pk=study.pk)
+    if study.role == "clinical":  # a prior study is kept for comparison: it has no revisions
+        receiving = receiving.filter(state=StudyState.RECEIVING)
+    counted = receiving.update(instance_count=F("instance_count") + 1, last_received_at=now)
     if counted:
         return
     Study.objects.filter(pk=study.pk).exclude(state=StudyState.RECEIVING).update(

@@ -35,6 +35,7 @@ from fhirai.results.task import job_task_put
 from fhirai.results.writeback import delivery_redispatch
 from fhirai.routing.jobs import job_dispatch
 from fhirai.routing.models import InferenceJob, JobState
+from fhirai.routing.priors import model_priors, prior_job_restart
 
 
 class NotRetryable(FhiraiError):
@@ -111,7 +112,11 @@ def _restart(study: Study, to: StudyState, detail: str) -> None:
 
 
 def _job_requeue(job: InferenceJob) -> None:
-    """A failed job runs again from attempt 1 (conditional: only if it is still failed)."""
+    """A failed job runs again from attempt 1 (conditional: only if it is still failed); a model
+    that reads a prior starts again from the search for it."""
+    if job.study_id is not None and model_priors(job.model):
+        prior_job_restart(job)
+        return
     moved = InferenceJob.objects.filter(pk=job.pk, state=JobState.FAILED).update(
         state=JobState.QUEUED, attempts=1, error="", finished_at=None, dispatched_at=timezone.now()
     )

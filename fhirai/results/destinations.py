@@ -128,6 +128,14 @@ def pacs_peer(name: str) -> tuple[str, str, int]:
         raise Unavailable(f"PACS {name} is not configured (or is switched off)") from None
 
 
+def pacs_address(value: str) -> tuple[str, str, int]:
+    """A PACS named by its destination name (FHIRAI_PACS_DESTINATIONS or the console) or given as
+    AE_TITLE@HOST:PORT: (called AE title, host, port). Unavailable when the name is unknown."""
+    if "@" in value:
+        return _ae_host_port(value)
+    return pacs_peer(value.strip())
+
+
 def _ae_host_port(address: str) -> tuple[str, str, int]:
     aet, sep, rest = address.strip().partition("@")
     aet = aet.strip()

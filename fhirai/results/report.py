@@ -30,6 +30,7 @@ from fhirai.context.records import (
 from fhirai.deid.vault import vault_lookup
 from fhirai.ingest.models import Instance, Study, StudyState
 from fhirai.ingest.state import study_transition
+from fhirai.render import PreviewUnavailable, dataset_preview_png
 from fhirai.results.destinations import pacs_peers
 from fhirai.results.models import FhirResource
 from fhirai.results.resources import stable_id, system, validated
@@ -167,7 +168,6 @@ def _key_image_store(job: Any, instances: list[Instance], deid_uids: list[str], 
     """The key image (Secondary Capture, result drawn, NOT FOR DIAGNOSTIC USE burned in) from the
     image of the most likely present finding, else the middle image the model read."""
     from fhirai.results.keyimage import key_image_build, key_image_bytes
-    from fhirai.ui.preview import PreviewUnavailable, dataset_preview_png
 
     by_deid = dict(zip(deid_uids, instances, strict=True))
     findings = sorted(

@@ -21,7 +21,13 @@ from fhirai.results.report import (
 from fhirai.results.resources import stable_id, system, validated
 from fhirai.results.store import resource_put
 
-STATUS = {"queued": "in-progress", "done": "completed", "failed": "failed", "superseded": "cancelled"}
+STATUS = {
+    "waiting": "on-hold",
+    "queued": "in-progress",
+    "done": "completed",
+    "failed": "failed",
+    "superseded": "cancelled",
+}
 TASK_CODE = "http://hl7.org/fhir/CodeSystem/task-code"
 
 

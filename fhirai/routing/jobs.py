@@ -29,8 +29,13 @@ MAX_ATTEMPTS = 3
 
 def study_route(study_id: int) -> None:
     """Create one job per accepting model and queue it; a study no model accepts ends as no_model."""
+    from fhirai.routing import priors  # built on this module (job_dispatch)
+
     study = Study.objects.get(pk=study_id)
     if study.state != StudyState.DEIDENTIFIED:
+        return
+    if study.role == priors.PRIOR_ROLE:
+        priors.prior_study_routed(study)
         return
     models = study_models(study)
     if not models:
@@ -69,20 +74,25 @@ def study_route(study_id: int) -> None:
                         :1500
                     ],
                 )
+            wants_prior = bool(priors.model_priors(model))
             try:
                 with transaction.atomic():
                     job = InferenceJob.objects.create(
                         study=study,
                         model=model,
                         revision=study.revision,
+                        state=JobState.WAITING if wants_prior else JobState.QUEUED,
                         inputs=inputs,
                         dispatched_at=timezone.now(),
-                        attempts=1,
+                        attempts=0 if wants_prior else 1,
                     )
             except IntegrityError:
                 continue
             job_task_put(job)
-            job_dispatch(job)
+            if wants_prior:
+                priors.prior_fetch_start(job)  # dispatched once its prior is here (or is not to be had)
+            else:
+                job_dispatch(job)
 
 
 def report_route(report_id: int) -> int:
@@ -113,9 +123,13 @@ def report_route(report_id: int) -> int:
 
 
 def job_dispatch(job: InferenceJob) -> None:
-    """Queue the model run. The message names the model and the de-identified blob keys: ids and
-    content hashes only (invariant 3)."""
-    dispatch_on_commit(TASK_INFER, job.pk, job.model.name, job.model.version, list(job.inputs))
+    """Queue the model run. The message names the model and the de-identified blob keys (of the
+    study, and of its prior when the model reads one): ids and content hashes only (invariant 3)."""
+    args: tuple[object, ...] = (job.pk, job.model.name, job.model.version, list(job.inputs))
+    if job.prior_inputs:
+        fetch = getattr(job, "prior_fetch", None)
+        args += (list(job.prior_inputs), fetch.interval_days if fetch is not None else None)
+    dispatch_on_commit(TASK_INFER, *args)
 
 
 def job_record_result(job_id: int, output: dict[str, Any]) -> None:
@@ -154,13 +168,14 @@ def job_record_result(job_id: int, output: dict[str, Any]) -> None:
         job.state, job.result, job.finished_at = JobState.DONE, output, timezone.now()
         job.save(update_fields=["state", "result", "finished_at"])
         record("study", study.pk, Event.INFERRED, detail=f"{job.model} job {job.pk}")
-        if study.jobs.filter(revision=study.revision, state=JobState.QUEUED).exists():
+        if study.jobs.filter(revision=study.revision, state__in=[JobState.QUEUED, JobState.WAITING]).exists():
             job_task_put(job)
             return
-        report_from_job(job)
+        # The last job of the revision is in: one report per model that read the study.
         for done in study.jobs.filter(revision=study.revision, state=JobState.DONE).select_related(
             "study", "model"
         ):
+            report_from_job(done)
             job_task_put(done)  # completed, with the report as output
 
 

@@ -36,6 +36,8 @@ manifest.json:
           {"name": "pneumothorax", "phrases": ["pneumothorax", "PTX"], "coding": {...}}
         ]
       },
+      "priors": {"max_age_days": 1825, "required": false},   # image models: the patient's previous
+                                                  # comparable study too (fhirai.routing.priors)
       "runtime": {"device": "auto", "precision": "bf16", "max_batch": 64, "max_wait_ms": 5.0,
                   "channels_last": true},
       "report_code": {"coding": [...], "text": "..."}
@@ -82,6 +84,7 @@ class Manifest:
     runtime: dict[str, Any]
     report_code: dict[str, Any]
     raw: dict[str, Any] = field(repr=False, compare=False, default_factory=dict)
+    priors: dict[str, Any] = field(default_factory=dict)
 
     @property
     def labels(self) -> list[dict[str, Any]]:
@@ -157,6 +160,28 @@ def accepts_clean(task: str, accepts: dict[str, Any]) -> dict[str, Any]:
             "an image model is routed by modalities, body parts or SOP classes, not message types"
         )
     return out
+
+
+def priors_clean(task: str, value: Any) -> dict[str, Any]:
+    """The manifest's "priors": {} when the model reads no prior, else {"max_age_days": N (how far
+    back a comparable study may be, default 1825), "required": bool (fail rather than run without
+    one, default false)}."""
+    if value in (None, {}, False):
+        return {}
+    if not isinstance(value, dict):
+        raise ManifestError('priors: an object such as {"max_age_days": 1825, "required": false}')
+    unknown = set(value) - {"max_age_days", "required"}
+    if unknown:
+        raise ManifestError(f"priors.{sorted(unknown)[0]}: not a priors option (max_age_days, required)")
+    if task == "nlp":
+        raise ManifestError("priors: an NLP model reads report text, not prior studies")
+    age = value.get("max_age_days", 1825)
+    if not isinstance(age, int) or isinstance(age, bool) or not 1 <= age <= 36500:
+        raise ManifestError("priors.max_age_days: a whole number of days from 1 to 36500")
+    required = value.get("required", False)
+    if not isinstance(required, bool):
+        raise ManifestError("priors.required: true or false")
+    return {"max_age_days": age, "required": required}
 
 
 def manifest_parse(data: dict[str, Any]) -> Manifest:
@@ -269,6 +294,7 @@ def manifest_parse(data: dict[str, Any]) -> Manifest:
         runtime=runtime,
         report_code=dict(data.get("report_code") or {"text": str(data["title"])}),
         raw=data,
+        priors=priors_clean(task, data.get("priors")),
     )
 
 

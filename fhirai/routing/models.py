@@ -33,6 +33,7 @@ class ModelRecord(models.Model):
 
 
 class JobState(models.TextChoices):
+    WAITING = "waiting"  # for its prior study (PriorFetch), not yet dispatched
     QUEUED = "queued"
     DONE = "done"
     FAILED = "failed"
@@ -69,9 +70,48 @@ class InferenceJob(models.Model):
         ]
         indexes = [models.Index(fields=["state", "dispatched_at"])]
 
+    # De-identified instances of the prior study the model compares with (manifest "priors").
+    prior_inputs = models.JSONField(default=list, blank=True)
     sr_blob_key = models.CharField(max_length=128, blank=True, default="")  # DICOM SR output, when built
     key_image_blob_key = models.CharField(max_length=128, blank=True, default="")  # Secondary Capture
 
     def __str__(self) -> str:
         on = f"study {self.study_id}" if self.study_id else f"report {self.clinical_report_id}"
         return f"job {self.pk} ({self.model_id} on {on})"
+
+
+class PriorState(models.TextChoices):
+    SEARCHING = "searching"  # looking in fhirai's own studies, then C-FIND at the PACS
+    MOVING = "moving"  # C-MOVE asked; the PACS sends the study to FHIRAI_PRIORS_AE
+    RECEIVED = "received"  # the prior study is being de-identified
+    READY = "ready"  # the job has its prior inputs
+    NONE = "none"  # no comparable prior (or none in time): the job ran without one
+    FAILED = "failed"  # the manifest requires a prior and none could be had: the job failed
+
+
+class PriorFetch(models.Model):
+    """The search for one job's prior study: where it stands, which study was chosen (its UID is
+    identified data and stays on the trusted side with the study rows), and why it ended as it did.
+    C-STOREs to the priors AE title are accepted only for a study a fetch is moving."""
+
+    job = models.OneToOneField(InferenceJob, on_delete=models.CASCADE, related_name="prior_fetch")
+    state = models.CharField(max_length=16, choices=PriorState.choices, default=PriorState.SEARCHING)
+    source = models.CharField(max_length=16, blank=True, default="")  # "fhirai" or "pacs"
+    study_uid = models.CharField(max_length=64, blank=True, default="")
+    prior_study = models.ForeignKey(
+        "ingest.Study", null=True, blank=True, on_delete=models.SET_NULL, related_name="prior_fetches"
+    )
+    moved = models.PositiveIntegerField(default=0)  # instances the PACS reported sent
+    # Days from the prior's study date to the study's, from the identified dates on this side: the
+    # model gets the number, never a date (de-identified headers carry none without a date option).
+    interval_days = models.IntegerField(null=True, blank=True)
+    detail = models.TextField(blank=True, default="")
+    started_at = models.DateTimeField()
+    dispatched_at = models.DateTimeField()
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["state", "study_uid"]), models.Index(fields=["state", "started_at"])]
+
+    def __str__(self) -> str:
+        return f"prior fetch for job {self.job_id} ({self.state})"

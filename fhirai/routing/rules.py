@@ -44,7 +44,7 @@ def study_models(study: Study) -> list[ModelRecord]:
     return [
         m
         for m in ModelRecord.objects.filter(enabled=True).exclude(task="nlp").order_by("name", "version")
-        if bool((m.accepts or {}).get("qa")) == qa and _accepts(m, study) and model_inputs(m, study)
+        if bool((m.accepts or {}).get("qa")) == qa and model_accepts(m, study) and model_inputs(m, study)
     ]
 
 
@@ -60,7 +60,8 @@ def report_models(message_type: str) -> list[ModelRecord]:
     ]
 
 
-def _accepts(model: ModelRecord, study: Study) -> bool:
+def model_accepts(model: ModelRecord, study: Study) -> bool:
+    """The study's modality and body part (or description) are among those the model accepts."""
     accepts = model.accepts or {}
     modalities = {m.upper() for m in accepts.get("modalities", [])}
     if modalities and not modalities & {m.upper() for m in study.modalities.split(",") if m}:

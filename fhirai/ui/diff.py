@@ -12,12 +12,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import re
-import threading
-import warnings
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from io import BytesIO
 from typing import TYPE_CHECKING, Any
@@ -29,6 +25,7 @@ from pydicom.multival import MultiValue
 from pydicom.tag import BaseTag, Tag
 
 from fhirai import blobs
+from fhirai.quiet import pydicom_quiet
 
 if TYPE_CHECKING:
     from fhirai.context.models import ClinicalReport
@@ -64,35 +61,6 @@ class _Leaf:
     vr: str
     text: str
     key: tuple[int, ...] = ()  # DICOM: tags and item indices down to the element, for tag order
-
-
-class _BelowError(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        return record.levelno >= logging.ERROR
-
-
-_BELOW_ERROR = _BelowError()
-_quiet_lock = threading.Lock()
-_quiet_users = [0]  # how many threads are inside pydicom_quiet(): the filter goes with the last
-
-
-@contextmanager
-def pydicom_quiet() -> Iterator[None]:
-    """pydicom's warnings silenced, on the logger as well: its value warnings quote the offending
-    value ("Invalid value for VR PN: '...'"), which is PHI. Its errors (decoders) still log."""
-    logger = logging.getLogger("pydicom")
-    with _quiet_lock:
-        _quiet_users[0] += 1
-        logger.addFilter(_BELOW_ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        with _quiet_lock:
-            _quiet_users[0] -= 1
-            if not _quiet_users[0]:
-                logger.removeFilter(_BELOW_ERROR)
 
 
 def _clip(text: str, limit: int) -> str:

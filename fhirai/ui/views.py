@@ -56,6 +56,7 @@ from fhirai.ops.worklist import (
     reports_filter,
     studies_filter,
 )
+from fhirai.render import PreviewUnavailable, instance_preview_png, study_preview_instance
 from fhirai.results import destinations as dest
 from fhirai.results.models import Delivery, FhirResource
 from fhirai.results.writeback import delivery_summary
@@ -367,8 +368,6 @@ def study_page(request: HttpRequest, study_id: int) -> HttpResponse:
         chosen = next((i for i in instances if i.pk == int(request.GET["instance"])), None)
     diff_rows, diff_error, preview_id = [], "", None
     try:
-        from fhirai.ui.preview import study_preview_instance
-
         representative = study_preview_instance(study)
         preview_id = representative.pk if representative else None
     except Exception as exc:  # noqa: BLE001 - the page shows the rest; the reason is said
@@ -405,7 +404,7 @@ def study_page(request: HttpRequest, study_id: int) -> HttpResponse:
             "study_uid": uid_remap(study.study_uid),
         },
         timeline=_timeline("study", study.pk),
-        jobs=InferenceJob.objects.filter(study=study).select_related("model").order_by("id"),
+        jobs=InferenceJob.objects.filter(study=study).select_related("model", "prior_fetch").order_by("id"),
         results=_results(FhirResource.objects.filter(study=study)),
         deliveries=_deliveries(Delivery.objects.filter(study=study), principal),
         diff=diff_rows,
@@ -437,7 +436,6 @@ def study_preview(request: HttpRequest, study_id: int) -> HttpResponse:
     asks for the original (`?original=1`, audited: burned-in text may name the patient)."""
     principal: Principal = request.principal  # type: ignore[attr-defined]
     study = get_object_or_404(Study, pk=study_id)
-    from fhirai.ui.preview import PreviewUnavailable, instance_preview_png, study_preview_instance
 
     original = request.GET.get("original") == "1" and principal.sees_phi
     instance = None

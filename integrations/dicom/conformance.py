@@ -7,10 +7,36 @@ drift; `manage.py dicom_conformance` prints it for a site's own settings."""
 from __future__ import annotations
 
 from django.conf import settings
-from pydicom.uid import UID
+from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom import DEFAULT_TRANSFER_SYNTAXES
+from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+    Comprehensive3DSRStorage,
+    SecondaryCaptureImageStorage,
+    StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelMove,
+    Verification,
+)
 
-from integrations.dicom import status
+from integrations.dicom import qr, scu, status
 from integrations.dicom.scp import application_entity
+
+# What fhirai proposes as an SCU: results to a PACS (integrations.dicom.scu, the objects'
+# own transfer syntax plus these two), the destination's Test button, priors (integrations.dicom.qr).
+SCU_CONTEXTS = (
+    ("Comprehensive 3D SR Storage (the TID 1500 result)", Comprehensive3DSRStorage, "PACS write-back"),
+    ("Secondary Capture Image Storage (the key image)", SecondaryCaptureImageStorage, "PACS write-back"),
+    ("Verification", Verification, "the console's Test button"),
+    ("Study Root Q/R Information Model - FIND", StudyRootQueryRetrieveInformationModelFind, "priors"),
+    ("Study Root Q/R Information Model - MOVE", StudyRootQueryRetrieveInformationModelMove, "priors"),
+)
+
+
+def _scu_syntaxes(storage: bool) -> str:
+    """What integrations.dicom.scu proposes for an object (its own syntax, and the two little
+    endian ones), and pynetdicom's defaults that the other SCU contexts are proposed with."""
+    if storage:
+        return f"the object's own, {_uid_name(ExplicitVRLittleEndian)}, {_uid_name(ImplicitVRLittleEndian)}"
+    return ", ".join(_uid_name(str(t)) for t in DEFAULT_TRANSFER_SYNTAXES)
 
 
 def _uid_name(uid: str) -> str:
@@ -37,15 +63,18 @@ def conformance_statement() -> str:
         "",
         "| SOP Classes | User of Service (SCU) | Provider of Service (SCP) |",
         "|---|---|---|",
-        "| Verification | No | Yes |",
-        f"| Storage ({len(storage)} SOP classes, listed in 2.2.2.3) | No | Yes |",
+        "| Verification | Yes | Yes |",
+        f"| Storage ({len(storage)} SOP classes, listed in 2.2.2.3) | Comprehensive 3D SR, Secondary Capture | Yes |",
+        "| Study Root Query/Retrieve - FIND | Yes | No |",
+        "| Study Root Query/Retrieve - MOVE | Yes | No |",
         "",
         "## 2 Networking",
         "",
         "### 2.1 Implementation model",
         "",
         f"One Application Entity, **{settings.FHIRAI_DICOM_AE}** (FHIRAI_DICOM_AE), listening on TCP port",
-        f"{settings.FHIRAI_DICOM_PORT} (FHIRAI_DICOM_PORT). A remote AE sends instances; each is parsed",
+        f"{settings.FHIRAI_DICOM_PORT} (FHIRAI_DICOM_PORT), which also answers as **{settings.FHIRAI_PRIORS_AE}**",
+        "(FHIRAI_PRIORS_AE), the move destination for priors. A remote AE sends instances; each is parsed",
         "(header only), written to the blob store with fsync and committed to the database before",
         "the C-STORE response is returned. Pixel data is never decoded or transcoded on receipt: the",
         "instance is kept in the transfer syntax it was sent in.",
@@ -68,7 +97,9 @@ def conformance_statement() -> str:
         "- Calling AE title: any, unless an allowed list is set (FHIRAI_DICOM_ALLOW, or the console's",
         "  Sources); a title not on a non-empty list is rejected (rejected-permanent, service-user,",
         "  calling AE title not recognized) and the refusal is recorded.",
-        "- Called AE title: not checked.",
+        f"- Called AE title: {settings.FHIRAI_PRIORS_AE} (FHIRAI_PRIORS_AE) takes only instances of a study",
+        "  a prior fetch is moving (else C-STORE status 0124, Refused: Not Authorized); any other",
+        "  called title is fhirai's main AE.",
         "- A presentation context is accepted when its abstract syntax is listed below and one of its",
         "  transfer syntaxes is; the SCP takes the first transfer syntax the requester proposes.",
         "- SCP/SCU role selection: SCP for all listed SOP classes; no extended negotiation.",
@@ -98,8 +129,35 @@ def conformance_statement() -> str:
         f"| Refused: Out of Resources | {status.OUT_OF_RESOURCES:04X} | the blob store or database cannot take it now; retry later |",
         f"| Warning: Data Set does not match SOP Class | {status.WARNING_KEPT:04X} | a required UID (Study, Series, SOP Instance, SOP Class) is missing or invalid: the instance is kept (listed as rejected) but not processed |",
         f"| Error: Cannot understand | {status.CANNOT_UNDERSTAND:04X} | the dataset cannot be parsed |",
+        f"| Refused: Not Authorized | {status.NOT_AUTHORIZED:04X} | sent to the priors AE title for a study no prior fetch is moving |",
         "",
         "Refused instances are kept for inspection (console: Rejected at the door).",
+        "",
+        "#### 2.2.3 Association initiation policy (SCU)",
+        "",
+        f"fhirai initiates associations as **{settings.FHIRAI_DICOM_AE}**, one per task, released when done;",
+        f"ARTIM, network and DIMSE timeouts FHIRAI_DICOM_TIMEOUT ({settings.FHIRAI_DICOM_TIMEOUT:.0f} s; a",
+        f"C-MOVE waits up to FHIRAI_PRIORS_TIMEOUT, {settings.FHIRAI_PRIORS_TIMEOUT:.0f} s). It proposes only the",
+        "contexts a task needs:",
+        "",
+        "| SOP class | UID | Transfer syntaxes | For |",
+        "|---|---|---|---|",
+        *[
+            f"| {name} | {uid} | {_scu_syntaxes('Storage' in name)} | {why} |"
+            for name, uid, why in SCU_CONTEXTS
+        ],
+        "",
+        "- Results to a PACS (FHIRAI_PACS_DESTINATIONS, or a dicom: destination in the console): the",
+        "  SR and the key image by C-STORE into the original study, from a durable outbox, retried with",
+        f"  backoff. Delivered when each answer is Success or a warning ({', '.join(f'{c:04X}' for c in scu.WARNINGS)});",
+        "  a failure status or a permanent association rejection fails the delivery visibly.",
+        "- Priors (a model whose manifest asks for one; FHIRAI_PRIORS_PACS): C-FIND at STUDY level",
+        "  (PatientID, StudyDate range; return keys IssuerOfPatientID, StudyInstanceUID, ModalitiesInStudy,",
+        "  StudyDescription, checked by fhirai), then at SERIES level for the most recent candidates",
+        "  (Modality, BodyPartExamined); C-MOVE at STUDY level of the chosen study to",
+        f"  {settings.FHIRAI_PRIORS_AE}. C-MOVE failures answered: "
+        + "; ".join(f"{code:04X} {why}" for code, why in qr.MOVE_FAILURES.items())
+        + ".",
         "",
         "### 2.3 DICOMweb (PS3.18)",
         "",
@@ -134,6 +192,7 @@ def conformance_statement() -> str:
         "| Integration profile | Actor | Options |",
         "|---|---|---|",
         "| Scheduled Workflow (SWF.b) | Image Archive (storage part: C-STORE SCP) | none |",
+        "| Scheduled Workflow (SWF.b) | Image Display (Query/Retrieve SCU: C-FIND, C-MOVE of priors) | none |",
         "| AI Results (AIR) | Evidence Creator (results as FHIR DiagnosticReport and DICOM SR TID 1500) | none |",
         "| Web-based Image Access (WIA) | Image Source (QIDO-RS, WADO-RS), Image Store (STOW-RS) | none |",
         "",

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import logging
 
+from django.conf import settings
 from pydicom.dataset import Dataset
 from pynetdicom.events import Event
 
 from fhirai import errors
 from fhirai.ingest.receive import input_reject, instance_receive
+from fhirai.routing.priors import prior_instance_receive
 from integrations.dicom import status
 
 log = logging.getLogger(__name__)
@@ -17,6 +19,12 @@ log = logging.getLogger(__name__)
 def peer_of(event: Event) -> str:
     info = event.assoc.requestor
     return f"{info.ae_title}@{info.address}:{info.port}"
+
+
+def called_ae_of(event: Event) -> str:
+    """The AE title the sender called (the A-ASSOCIATE-RQ's), not the title the SCP runs as."""
+    primitive = getattr(event.assoc.requestor, "primitive", None)
+    return str(getattr(primitive, "called_ae_title", "") or "").strip()
 
 
 def handle_echo(event: Event) -> int:
@@ -28,10 +36,10 @@ def handle_store(event: Event) -> Dataset | int:
     """C-STORE. Success means the bytes are committed (DESIGN invariant 1)."""
     raw = event.encoded_dataset()
     calling_ae = str(event.assoc.requestor.ae_title).strip()
+    # Sent to the priors AE title (the move destination of a prior fetch), or to fhirai's own.
+    receive = prior_instance_receive if called_ae_of(event) == settings.FHIRAI_PRIORS_AE else instance_receive
     try:
-        instance_receive(
-            raw=raw, calling_ae=calling_ae, transfer_syntax_uid=str(event.context.transfer_syntax)
-        )
+        receive(raw=raw, calling_ae=calling_ae, transfer_syntax_uid=str(event.context.transfer_syntax))
     except errors.InvalidInput as exc:
         code = status.for_invalid(exc.code)
         try:

@@ -17,7 +17,12 @@ CANNOT_UNDERSTAND = 0xC000
 WARNING_KEPT = 0xB007
 KEPT_CODES = ("missing-attribute", "invalid-uid")
 
+# PS3.4 B.2.3 / PS3.7 C "Refused: Not Authorized" (0124): a C-STORE to the priors AE title for a
+# study no prior fetch is moving.
+NOT_AUTHORIZED = 0x0124
+
 _BY_CODE = {
+    "not-requested": NOT_AUTHORIZED,
     "missing-attribute": DATASET_DOES_NOT_MATCH,
     "invalid-uid": DATASET_DOES_NOT_MATCH,
     "unparseable": CANNOT_UNDERSTAND,

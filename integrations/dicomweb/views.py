@@ -499,7 +499,7 @@ def instance_rendered(request: HttpRequest, study: str, series: str, sop: str) -
     reader, study_row, rows = found
     if not _accepts(request, "image/png", "image/*"):
         return _error(406, "rendered images are image/png")
-    from fhirai.ui.preview import PreviewUnavailable, instance_preview_png
+    from fhirai.render import PreviewUnavailable, instance_preview_png
 
     size = _int(request.GET.get("viewport", "").split(",")[0], 512, low=16, high=2048)
     try:

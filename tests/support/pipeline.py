@@ -17,7 +17,11 @@ from tests.support.phantom import Phantom
 
 
 def receive(phantom: Phantom, *, calling_ae: str = "TESTSCU") -> Study:
-    results = [instance_receive(raw=raw, calling_ae=calling_ae) for raw in phantom.files]
+    return receive_files(phantom.files, calling_ae=calling_ae)
+
+
+def receive_files(files: list[bytes], *, calling_ae: str = "TESTSCU") -> Study:
+    results = [instance_receive(raw=raw, calling_ae=calling_ae) for raw in files]
     return Study.objects.get(pk=results[0].study_id)
 
 
@@ -40,7 +44,14 @@ def complete_and_deidentify(study: Study, settings: Any) -> InferenceJob | None:
 def infer(job: InferenceJob) -> dict[str, Any]:
     from workers.inference.runtime import run_model
 
-    return run_model(job.model.name, job.model.version, list(job.inputs))
+    fetch = getattr(job, "prior_fetch", None)
+    return run_model(
+        job.model.name,
+        job.model.version,
+        list(job.inputs),
+        prior_keys=list(job.prior_inputs),
+        prior_days=fetch.interval_days if fetch is not None else None,
+    )
 
 
 def run_all(phantom: Phantom, settings: Any) -> Study:

@@ -52,8 +52,13 @@ def _ct_lung(device: torch.device, package: Path | None, manifest: Manifest | No
     return ct_lung.CtLungQuant(device)
 
 
+def _ct_lung_change(device: torch.device, package: Path | None, manifest: Manifest | None) -> Runnable:
+    return ct_lung.CtLungChange(device)
+
+
 BUILTINS: dict[tuple[str, str], Callable[[torch.device, Path | None, Manifest | None], Runnable]] = {
     (ct_lung.NAME, ct_lung.VERSION): _ct_lung,
+    (ct_lung.CHANGE_NAME, ct_lung.CHANGE_VERSION): _ct_lung_change,
 }
 _loaded: dict[tuple[str, str], Runnable] = {}
 _load_lock = threading.Lock()
@@ -140,10 +145,19 @@ def models_preload(spec: str | None = None) -> list[tuple[str, str]]:
     return loaded
 
 
-def run_model(name: str, version: str, input_keys: list[str]) -> dict[str, Any]:
+def run_model(
+    name: str,
+    version: str,
+    input_keys: list[str],
+    prior_keys: list[str] | None = None,
+    prior_days: int | None = None,
+) -> dict[str, Any]:
     """Run one model on the de-identified items stored under `input_keys`: DICOM instances of one
-    study, or the de-identified message of one clinical report."""
-    if not input_keys or any(not key.startswith("deid/") for key in input_keys):
+    study, or the de-identified message of one clinical report; `prior_keys`, for a model that
+    reads a prior, the de-identified instances of the same patient's earlier study, `prior_days`
+    how many days earlier it was (a number: the de-identified headers may carry no dates)."""
+    prior_keys = list(prior_keys or [])
+    if not input_keys or any(not key.startswith("deid/") for key in input_keys + prior_keys):
         raise ModelInputError("inference accepts de-identified inputs only")  # invariant 3, enforced here too
     model = model_load(name, version)
     started = time.perf_counter()
@@ -164,7 +178,10 @@ def run_model(name: str, version: str, input_keys: list[str]) -> dict[str, Any]:
         studies = {str(ds.get("StudyInstanceUID", "")) for ds in datasets}
         if len(studies) != 1:
             raise ModelInputError("the inputs of one run must all belong to one study")
-        output = model(datasets)
+        if prior_keys and getattr(model, "reads_priors", False):
+            output = model(datasets, priors=_prior_datasets(prior_keys, datasets[0]), prior_days=prior_days)
+        else:
+            output = model(datasets)
         # Whom the result is about, in the only terms this tier knows: the pseudonyms in the
         # de-identified headers. The write-back stage maps them back through the vault.
         output["subject"] = {"study_uid": studies.pop(), "patient_id": str(datasets[0].get("PatientID", ""))}
@@ -174,3 +191,15 @@ def run_model(name: str, version: str, input_keys: list[str]) -> dict[str, Any]:
     }
     log.info("%s %s ran on %d items in %.2f s", name, version, len(input_keys), output["runtime"]["seconds"])
     return output
+
+
+def _prior_datasets(keys: list[str], current: Any) -> list[Any]:
+    """The prior's instances: one study, another than the current one, of the same pseudonymous
+    patient (a prior of someone else must never reach a comparison)."""
+    datasets = [dcmread(BytesIO(blobs.get(key))) for key in keys]
+    studies = {str(ds.get("StudyInstanceUID", "")) for ds in datasets}
+    if len(studies) != 1 or studies == {str(current.get("StudyInstanceUID", ""))}:
+        raise ModelInputError("the prior's inputs must be one other study")
+    if {str(ds.get("PatientID", "")) for ds in datasets} != {str(current.get("PatientID", ""))}:
+        raise ModelInputError("the prior study is of another patient")
+    return datasets

@@ -163,3 +163,66 @@ class CtLungQuant:
             ],
             "conclusion": f"Total lung volume {lung_ml:.0f} mL; %LAA-950 {laa:.1f} %.",
         }
+
+
+CHANGE_NAME, CHANGE_VERSION = "ct-lung-change", "1.0.0"
+
+
+def _study_day(datasets: list[Dataset]) -> int | None:
+    """The de-identified StudyDate as a day number (dates are shifted per patient, so the
+    interval between two studies of one patient is the true one)."""
+    from datetime import date
+
+    value = str(datasets[0].get("StudyDate", "") or "")
+    try:
+        return date(int(value[:4]), int(value[4:6]), int(value[6:8])).toordinal()
+    except ValueError:
+        return None
+
+
+class CtLungChange(CtLungQuant):
+    """Interval change against the prior CT: the reference quantification on the current study and
+    on the prior one (fhirai.routing.priors moves it in), and the differences. Without a prior it
+    reports the current values and says that nothing was compared."""
+
+    name, version = CHANGE_NAME, CHANGE_VERSION
+    reads_priors = True
+
+    def __call__(
+        self, datasets: list[Dataset], priors: list[Dataset] | None = None, prior_days: int | None = None
+    ) -> dict[str, object]:
+        current = super().__call__(datasets)
+        measured = {m["name"]: m["value"] for m in current["measurements"]}  # type: ignore[index]
+        if not priors:
+            current["conclusion"] = f"{current['conclusion']} No prior study to compare with."
+            return current
+        try:
+            before = super().__call__(priors)
+        except ModelInputError as exc:
+            raise ModelInputError(f"prior study: {exc}") from None
+        earlier = {m["name"]: m["value"] for m in before["measurements"]}  # type: ignore[index]
+        volume_change = measured["lung_volume"] - earlier["lung_volume"]
+        laa_change = measured["laa950"] - earlier["laa950"]
+        days = prior_days
+        now_day, then_day = _study_day(datasets), _study_day(priors)
+        if days is None and now_day is not None and then_day is not None:
+            days = now_day - then_day  # a profile that keeps dates shifts both alike
+        measurements = list(current["measurements"])  # type: ignore[arg-type]
+        measurements += [
+            {"name": "lung_volume_prior", "value": earlier["lung_volume"]},
+            {"name": "laa950_prior", "value": earlier["laa950"]},
+            {"name": "lung_volume_change", "value": round(volume_change, 2)},
+            {"name": "laa950_change", "value": round(laa_change, 3)},
+        ]
+        if days is not None:
+            measurements.append({"name": "prior_interval", "value": days})
+        since = (
+            f" since the prior study {days} days earlier" if days is not None else " since the prior study"
+        )
+        return {
+            "measurements": measurements,
+            "conclusion": (
+                f"Total lung volume {measured['lung_volume']:.0f} mL ({volume_change:+.0f} mL{since}); "
+                f"%LAA-950 {measured['laa950']:.1f} % ({laa_change:+.1f} points)."
+            ),
+        }

@@ -25,14 +25,14 @@ from pydicom.uid import (
 from fhirai.errors import FhiraiError
 from fhirai.ingest.models import Instance, Study
 from fhirai.ingest.receive import instance_receive
-from fhirai.routing.rules import WITHHELD
-from fhirai.ui.preview import (
+from fhirai.render import (
     PreviewUnavailable,
     dataset_preview_png,
     instance_preview_png,
     study_preview_instance,
     study_preview_png,
 )
+from fhirai.routing.rules import WITHHELD
 from tests.support import pipeline
 
 TEST_FILES = Path(pydicom.data.__file__).parent / "test_files"  # shipped with pydicom: no download

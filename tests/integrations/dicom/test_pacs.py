@@ -8,15 +8,11 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import time
 import urllib.request
 from io import BytesIO
 
 import pytest
 from pydicom import dcmread
-from pydicom.dataset import Dataset
-from pynetdicom import AE
-from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind  # type: ignore[attr-defined]
 
 from fhirai import blobs
 from fhirai.results.destinations import destination_probe
@@ -24,9 +20,9 @@ from fhirai.results.models import Delivery, DeliveryAttempt
 from fhirai.results.writeback import delivery_attempt
 from fhirai.routing.models import InferenceJob
 from tests.support import pipeline
-from tests.support.product import free_port, port_open
+from tests.support.orthanc import ORTHANC, orthanc_find, orthanc_running
+from tests.support.product import free_port
 
-ORTHANC = shutil.which("Orthanc") or "/usr/sbin/Orthanc"
 pytestmark = [
     pytest.mark.django_db,
     pytest.mark.skipif(not shutil.which(ORTHANC), reason="needs Debian's orthanc package"),
@@ -35,50 +31,8 @@ pytestmark = [
 
 @pytest.fixture
 def orthanc(tmp_path):
-    dicom_port, http_port = free_port(), free_port()
-    config = tmp_path / "orthanc.json"
-    config.write_text(
-        json.dumps(
-            {
-                "Name": "fhirai-test-pacs",
-                "StorageDirectory": str(tmp_path / "storage"),
-                "IndexDirectory": str(tmp_path / "index"),
-                "DicomAet": "ORTHANC",
-                "DicomPort": dicom_port,
-                "HttpPort": http_port,
-                "RemoteAccessAllowed": False,
-                "AuthenticationEnabled": False,
-                "DicomCheckCalledAet": True,
-                "DicomAlwaysAllowStore": True,
-                "DicomAlwaysAllowFind": True,
-                "DicomAlwaysAllowEcho": True,
-                "Plugins": [],
-            }
-        )
-    )
-    process = subprocess.Popen(
-        [ORTHANC, str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path
-    )
-    deadline = time.monotonic() + 30
-    while not (port_open(dicom_port) and port_open(http_port)) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    yield {"dicom": dicom_port, "http": http_port, "process": process}
-    process.terminate()
-    process.wait(15)
-
-
-def _find(port: int, level: str, **keys: str) -> list[Dataset]:
-    query = Dataset()
-    query.QueryRetrieveLevel = level
-    for keyword, value in keys.items():
-        setattr(query, keyword, value)
-    ae = AE(ae_title="FINDSCU")
-    ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
-    assoc = ae.associate("127.0.0.1", port, ae_title="ORTHANC")
-    assert assoc.is_established
-    found = [ds for status, ds in assoc.send_c_find(query, StudyRootQueryRetrieveInformationModelFind) if ds]
-    assoc.release()
-    return found
+    with orthanc_running(tmp_path) as running:
+        yield running
 
 
 def test_the_sr_lands_in_the_original_study_in_the_pacs_and_validates(
@@ -94,9 +48,9 @@ def test_the_sr_lands_in_the_original_study_in_the_pacs_and_validates(
     assert delivery.state == "delivered", delivery.last_response
     assert DeliveryAttempt.objects.get().summary.endswith("all stored")
 
-    [found] = _find(orthanc["dicom"], "STUDY", StudyInstanceUID=study.study_uid, PatientID="")
+    [found] = orthanc_find(orthanc["dicom"], "STUDY", StudyInstanceUID=study.study_uid, PatientID="")
     assert found.PatientID == study.patient_id  # the original identity, re-identified
-    series = _find(
+    series = orthanc_find(
         orthanc["dicom"], "SERIES", StudyInstanceUID=study.study_uid, Modality="", SeriesInstanceUID=""
     )
     assert sorted(str(s.Modality) for s in series) == ["OT", "SR"]

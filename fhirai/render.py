@@ -1,9 +1,8 @@
-"""A preview image of a study for the console's item page, rendered here from the pixel data.
-
-The operator compares the image as received with the de-identified copy (burned-in text painted
-over, or not), so the preview is made from either blob and shown as the modality meant it to be
+"""Images rendered from pixel data, in memory only: the console's preview of a study (the image as
+received beside the de-identified copy, burned-in text painted over or not), WADO-RS "rendered",
+and the key image of a result (fhirai.results.keyimage). Shown as the modality meant it to be
 seen: Modality LUT, then the first VOI window (or VOI LUT, else the image's own range), MONOCHROME1
-inverted, colour as RGB (PS3.3 C.7.6.3, C.11.1, C.11.2). Rendering happens in memory only.
+inverted, colour as RGB (PS3.3 C.7.6.3, C.11.1, C.11.2).
 """
 
 from __future__ import annotations
@@ -20,7 +19,7 @@ from pydicom.uid import UID
 
 from fhirai import blobs
 from fhirai.errors import FhiraiError, NotFound
-from fhirai.ui.diff import pydicom_quiet
+from fhirai.quiet import pydicom_quiet
 
 if TYPE_CHECKING:
     from fhirai.ingest.models import Instance, Study
