@@ -157,6 +157,7 @@ class ModelOut(Schema):
     format: str
     enabled: bool
     accepts: dict[str, Any]
+    priors: dict[str, Any] = {}  # {"max_age_days", "required"} when the model reads a prior study
 
 
 class ModelAccepts(Schema):

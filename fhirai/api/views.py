@@ -45,6 +45,7 @@ from fhirai.results.models import Delivery, FhirResource
 from fhirai.results.writeback import delivery_summary
 from fhirai.routing.manifest import ManifestError, accepts_clean
 from fhirai.routing.models import ModelRecord, PriorFetch
+from fhirai.routing.priors import model_priors
 from fhirai.webhooks.outbox import webhook_replay, webhooks_dead
 
 MAX_LIMIT = 500
@@ -489,6 +490,7 @@ def _model_out(m: ModelRecord) -> dict[str, Any]:
         "format": m.format,
         "enabled": m.enabled,
         "accepts": m.accepts,
+        "priors": model_priors(m),
     }
 
 

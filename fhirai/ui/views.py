@@ -281,7 +281,8 @@ def _row(kind: str, item: Any, principal: Principal) -> dict[str, Any]:
         "state": item.state,
         "received_at": item.first_received_at,
         "source": item.calling_ae,
-        "what": f"{item.modalities or '?'} · {item.instance_count} instance(s)",
+        "what": f"{item.modalities or '?'} · {item.instance_count} instance(s)"
+        + (" · prior, fetched for comparison" if item.role == "prior" else ""),
         "error": item.error,
         "models": ", ".join(sorted({j.model.name for j in item.jobs.all()})),
         "patient": patient_pseudonym(item.patient_id, item.issuer_of_patient_id),

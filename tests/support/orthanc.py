@@ -27,6 +27,7 @@ def orthanc_running(
     """Yields {"dicom": port, "http": port, "process": Popen}; AE title ORTHANC, called-AE checked.
     `modalities`: name -> (AE title, host, port) Orthanc knows (and so lets query and move)."""
     dicom_port, http_port = free_port(), free_port()
+    folder.mkdir(parents=True, exist_ok=True)
     config = folder / "orthanc.json"
     config.write_text(
         json.dumps(
