@@ -72,9 +72,36 @@ def handle_rejected(event: evt.Event) -> None:
         log.warning("a refused association could not be recorded", exc_info=True)
 
 
+# Retired image and SR storage SOP classes (PS3.6 Table A-1) that older modalities still send and
+# dcmtk's storescp accepts (the holdout run found retired Ultrasound Image Storage in pydicom-data);
+# pynetdicom's AllStoragePresentationContexts leaves them out.
+RETIRED_STORAGE = (
+    "1.2.840.10008.5.1.4.1.1.3",  # Ultrasound Multi-frame Image Storage (Retired)
+    "1.2.840.10008.5.1.4.1.1.5",  # Nuclear Medicine Image Storage (Retired)
+    "1.2.840.10008.5.1.4.1.1.6",  # Ultrasound Image Storage (Retired)
+    "1.2.840.10008.5.1.4.1.1.8",  # Standalone Overlay Storage
+    "1.2.840.10008.5.1.4.1.1.9",  # Standalone Curve Storage
+    "1.2.840.10008.5.1.4.1.1.9.1",  # Waveform Storage - Trial
+    "1.2.840.10008.5.1.4.1.1.10",  # Standalone Modality LUT Storage
+    "1.2.840.10008.5.1.4.1.1.11",  # Standalone VOI LUT Storage
+    "1.2.840.10008.5.1.4.1.1.12.3",  # X-Ray Angiographic Bi-Plane Image Storage
+    "1.2.840.10008.5.1.4.1.1.77.1",  # VL Image Storage - Trial
+    "1.2.840.10008.5.1.4.1.1.77.2",  # VL Multi-frame Image Storage - Trial
+    "1.2.840.10008.5.1.4.1.1.88.1",  # Text SR Storage - Trial
+    "1.2.840.10008.5.1.4.1.1.88.2",  # Audio SR Storage - Trial
+    "1.2.840.10008.5.1.4.1.1.88.3",  # Detail SR Storage - Trial
+    "1.2.840.10008.5.1.4.1.1.88.4",  # Comprehensive SR Storage - Trial
+    "1.2.840.10008.5.1.4.1.1.129",  # Standalone PET Curve Storage
+)
+
+
+def _all_storage() -> list[str]:
+    return [str(c.abstract_syntax) for c in AllStoragePresentationContexts] + list(RETIRED_STORAGE)
+
+
 def sop_class_uid(name: str) -> str:
     """A storage SOP class by UID or pynetdicom keyword; ImproperlyConfigured when it is neither."""
-    storage = {str(c.abstract_syntax) for c in AllStoragePresentationContexts}
+    storage = set(_all_storage())
     if name in storage:
         return name
     uid = getattr(sop_class, name, None)
@@ -85,14 +112,10 @@ def sop_class_uid(name: str) -> str:
 
 def storage_sop_classes() -> list[str]:
     """The storage SOP classes the SCP accepts: FHIRAI_DICOM_ACCEPT_SOP_CLASSES (all when empty)
-    less FHIRAI_DICOM_REJECT_SOP_CLASSES, in pynetdicom's order."""
+    less FHIRAI_DICOM_REJECT_SOP_CLASSES, in pynetdicom's order, then the retired ones."""
     accept = {sop_class_uid(n) for n in settings.FHIRAI_DICOM_ACCEPT_SOP_CLASSES}
     reject = {sop_class_uid(n) for n in settings.FHIRAI_DICOM_REJECT_SOP_CLASSES}
-    return [
-        str(c.abstract_syntax)
-        for c in AllStoragePresentationContexts
-        if (not accept or str(c.abstract_syntax) in accept) and str(c.abstract_syntax) not in reject
-    ]
+    return [uid for uid in _all_storage() if (not accept or uid in accept) and uid not in reject]
 
 
 def application_entity() -> AE:

@@ -1,8 +1,8 @@
-"""The holdout run a PACS administrator would do: every file of pydicom's test set is sent with
-dcmtk's dcmsend to dcmtk's storescp and to fhirai, and every file storescp accepts, fhirai
-accepts too, over C-STORE and over STOW-RS; decodable pixel data comes back identical to what
-pydicom reads from the original file. (pydicom-data's larger set needs a download this machine
-cannot make; the files shipped inside pydicom are used.)"""
+"""The holdout run a PACS administrator would do: every file of pydicom's test set and of
+pydicom-data's (the PyPI package, a test dependency: installed, never downloaded at run time) is
+sent with dcmtk's dcmsend to dcmtk's storescp and to fhirai, and every file storescp accepts,
+fhirai accepts too, over C-STORE and over STOW-RS; decodable pixel data comes back identical to
+what pydicom reads from the original file."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ import numpy as np
 import pydicom
 import pytest
 from pydicom import dcmread
+from pydicom.uid import UID
 
 from fhirai import blobs
 from fhirai.ingest.models import Instance, Rejection, Study
@@ -28,7 +29,14 @@ pytestmark = [
     pytest.mark.django_db(transaction=True),
     pytest.mark.skipif(not shutil.which("storescp") or not shutil.which("dcmsend"), reason="needs dcmtk"),
 ]
-FILES = sorted((Path(pydicom.__file__).parent / "data" / "test_files").glob("*.dcm"))
+PYDICOM_FILES = sorted((Path(pydicom.__file__).parent / "data" / "test_files").glob("*.dcm"))
+try:
+    import data_store  # pydicom-data
+
+    DATA_FILES = sorted((Path(data_store.__file__).parent / "data").glob("*.dcm"))
+except ImportError:  # an environment without the test extras' pydicom-data
+    DATA_FILES = []
+FILES = PYDICOM_FILES + DATA_FILES
 
 
 def _send(path: Path, port: int, aec: str) -> bool:
@@ -67,8 +75,10 @@ def _sop(path: Path) -> str:
 
 
 def _uids_complete(path: Path) -> bool:
+    """Each required UID present and well-formed (pydicom-data has files with a hash for a UID)."""
     ds = dcmread(path, stop_before_pixels=True, force=True)
-    return all(ds.get(k) for k in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID"))
+    keys = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID")
+    return all(ds.get(k) and UID(str(ds.get(k))).is_valid for k in keys)
 
 
 def _pixels_match(original: Path, stored: bytes) -> bool | None:
@@ -86,6 +96,7 @@ def _pixels_match(original: Path, stored: bytes) -> bool | None:
 def test_every_file_dcmtk_accepts_fhirai_accepts_with_identical_pixels(storescp, client, blob_dir):
     accepted_by_dcmtk = [p for p in FILES if _send(p, storescp, "STORESCP")]
     assert len(accepted_by_dcmtk) >= 40, [p.name for p in accepted_by_dcmtk]
+    assert len(DATA_FILES) == 68, "pydicom-data is a test dependency (pyproject.toml [test])"
 
     # STOW-RS first (the same durable path), then the database is emptied and C-STORE follows.
     stow_refused = []
@@ -134,6 +145,7 @@ def test_every_file_dcmtk_accepts_fhirai_accepts_with_identical_pixels(storescp,
                 mismatched.append(path.name)
     assert mismatched == [] and compared >= 20
     print(
-        f"holdout: {len(accepted_by_dcmtk)} of {len(FILES)} files accepted by storescp and by fhirai "
-        f"({kept} kept with Warning B007: a UID missing); {compared} pixel comparisons identical"
+        f"holdout: {len(accepted_by_dcmtk)} of {len(FILES)} files ({len(PYDICOM_FILES)} pydicom, "
+        f"{len(DATA_FILES)} pydicom-data) accepted by storescp and by fhirai "
+        f"({kept} kept with Warning B007: a UID missing or malformed); {compared} pixel comparisons identical"
     )
