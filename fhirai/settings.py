@@ -306,6 +306,10 @@ FHIRAI_STOW_MAX_BYTES = env_int("FHIRAI_STOW_MAX_BYTES", 1024 * 1024 * 1024, min
 FHIRAI_DICOM_SENDER = env_str("FHIRAI_DICOM_SENDER", "integrations.dicom.scu.objects_send")
 FHIRAI_DICOM_ECHO = env_str("FHIRAI_DICOM_ECHO", "integrations.dicom.scu.echo")
 FHIRAI_DICOM_TIMEOUT = env_float("FHIRAI_DICOM_TIMEOUT", 30.0)
+# Storage Commitment (Push Model) after each PACS delivery: the PACS confirms, per object, that it
+# took responsibility, by an N-EVENT-REPORT to fhirai's SCP (the PACS must know FHIRAI_DICOM_AE).
+FHIRAI_PACS_COMMITMENT = env_bool("FHIRAI_PACS_COMMITMENT", False)
+FHIRAI_PACS_COMMITMENT_TIMEOUT = env_float("FHIRAI_PACS_COMMITMENT_TIMEOUT", 3600.0)
 # Priors (issue 9): the PACS asked by C-FIND for a patient's previous comparable study and told by
 # C-MOVE to send it to fhirai's priors AE title (the same SCP port; that title must be known to the
 # PACS with this host and port). A name from FHIRAI_PACS_DESTINATIONS or AE_TITLE@HOST:PORT; empty:

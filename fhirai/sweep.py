@@ -19,6 +19,7 @@ from fhirai.context.acks import app_acks_due
 from fhirai.context.messages import messages_redispatch_stalled
 from fhirai.context.reports import reports_redispatch_stalled
 from fhirai.ingest.models import Study, StudyState
+from fhirai.results.commitment import commitments_expire
 from fhirai.results.writeback import deliveries_due, delivery_redispatch
 from fhirai.routing.jobs import job_retry, jobs_redispatch_stalled, study_route
 from fhirai.routing.models import InferenceJob, JobState
@@ -36,6 +37,7 @@ def pipeline_sweep() -> dict[str, int]:
     )
     counts["jobs_redispatched"] = jobs_redispatch_stalled()
     counts["priors_swept"] = priors_sweep()
+    counts["commitments_expired"] = commitments_expire()
     counts["deliveries_dispatched"] = _deliveries_dispatch()
     counts["messages_redispatched"] = messages_redispatch_stalled()
     counts["app_acks_dispatched"] = app_acks_due()

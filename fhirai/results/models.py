@@ -130,3 +130,33 @@ class Destination(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+
+class CommitmentState(models.TextChoices):
+    REQUESTED = "requested"  # N-ACTION sent (or about to be): the PACS's N-EVENT-REPORT is awaited
+    COMMITTED = "committed"  # the PACS took responsibility for every object
+    FAILED = "failed"  # the PACS named objects it does not commit: the delivery failed visibly
+    REFUSED = "refused"  # the PACS did not accept the request (no such service, an error status)
+    EXPIRED = "expired"  # no report within FHIRAI_PACS_COMMITMENT_TIMEOUT
+
+
+class Commitment(models.Model):
+    """Storage Commitment (PS3.4 Annex J, Push Model; IHE RAD-10) of the objects one PACS delivery
+    sent: the transaction, what it covers, and the PACS's answer."""
+
+    delivery = models.ForeignKey(Delivery, on_delete=models.CASCADE, related_name="commitments")
+    transaction_uid = models.CharField(max_length=64, unique=True)
+    state = models.CharField(
+        max_length=16, choices=CommitmentState.choices, default=CommitmentState.REQUESTED
+    )
+    references = models.JSONField(default=list)  # [[SOP class UID, SOP instance UID], ...]
+    failed = models.JSONField(default=list)  # [[SOP instance UID, failure reason], ...]
+    detail = models.TextField(blank=True, default="")
+    requested_at = models.DateTimeField()
+    answered_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["state", "requested_at"])]
+
+    def __str__(self) -> str:
+        return f"commitment {self.transaction_uid} ({self.state})"

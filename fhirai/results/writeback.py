@@ -27,6 +27,7 @@ from fhirai.celery import TASK_DELIVER, dispatch_on_commit
 from fhirai.errors import Unavailable
 from fhirai.ingest.models import Study, StudyState
 from fhirai.ingest.state import study_fail, study_transition
+from fhirai.results.commitment import commitment_open, commitment_sent
 from fhirai.results.destinations import (
     DICOM_PREFIX,
     FHIR_UPSTREAM,
@@ -89,6 +90,7 @@ class Outcome:
     status: int | None
     reply: str
     summary: str = ""  # one line for the timeline: "HTTP 201", "MSA|AE|..."
+    commitment_refused: str = ""  # a PACS that stored the objects but refused storage commitment: why
 
 
 class ResultSender(Protocol):
@@ -120,8 +122,11 @@ def deliveries_create(report: FhirResource, study: Study | None, *, clinical_rep
 
 
 class DicomSender(Protocol):
-    def __call__(self, peer: str, aet: str, host: str, port: int, objects: list[bytes]) -> Outcome:
-        """C-STORE the objects to a PACS. Raises Unavailable when it cannot be reached."""
+    def __call__(
+        self, peer: str, aet: str, host: str, port: int, objects: list[bytes], *, commitment_uid: str = ""
+    ) -> Outcome:
+        """C-STORE the objects to a PACS (and, with a transaction UID, ask it to commit them).
+        Raises Unavailable when it cannot be reached."""
 
 
 def report_dicom_objects(report: FhirResource) -> list[bytes]:
@@ -146,7 +151,8 @@ def report_dicom_objects(report: FhirResource) -> list[bytes]:
     return []
 
 
-def _send(destination: str, report: FhirResource) -> Outcome:
+def _send(delivery: Delivery) -> Outcome:
+    destination, report = delivery.destination, delivery.report
     if destination == FHIR_UPSTREAM:
         if not fhir_upstream_url():
             raise Unavailable(f"destination {destination} is switched off or no longer configured")
@@ -163,7 +169,14 @@ def _send(destination: str, report: FhirResource) -> Outcome:
             note = "no DICOM object for this report (a text result, or SR not built): nothing to send"
             return Outcome(True, None, note, note)
         dicom_sender: DicomSender = import_string(settings.FHIRAI_DICOM_SENDER)
-        return dicom_sender(peer, aet, host, port, objects)
+        uid = commitment_open(delivery, objects)
+        try:
+            outcome = dicom_sender(peer, aet, host, port, objects, commitment_uid=uid)
+        except Unavailable:
+            commitment_sent(uid, delivered=False, answer="")
+            raise
+        commitment_sent(uid, delivered=outcome.delivered, answer=outcome.commitment_refused)
+        return outcome
     raise Unavailable(f"destination {destination} is no longer configured")
 
 
@@ -214,7 +227,7 @@ def delivery_attempt(delivery_id: int) -> None:
     attempts = delivery.attempts + 1
     started = time.monotonic()
     try:
-        outcome = _send(delivery.destination, delivery.report)
+        outcome = _send(delivery)
     except Unavailable as exc:
         with transaction.atomic():
             _attempt_record(delivery, attempts, started, "unreachable", None, str(exc), str(exc))

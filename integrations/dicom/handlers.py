@@ -10,6 +10,7 @@ from pynetdicom.events import Event
 
 from fhirai import errors
 from fhirai.ingest.receive import input_reject, instance_receive
+from fhirai.results.commitment import commitment_report
 from fhirai.routing.priors import prior_instance_receive
 from integrations.dicom import status
 
@@ -58,6 +59,25 @@ def handle_store(event: Event) -> Dataset | int:
         log.exception("C-STORE from %s failed", peer_of(event))
         return _failure(status.OUT_OF_RESOURCES, "internal error; retry later")
     return status.SUCCESS
+
+
+def handle_commitment_report(event: Event) -> tuple[int, Dataset | None]:
+    """N-EVENT-REPORT of Storage Commitment Push Model (PS3.4 J.3.3): the PACS's answer to a
+    commitment fhirai asked for. Success when recorded; 0112 (no such SOP instance) for a
+    transaction fhirai never started; 0110 when it cannot be recorded now (the PACS retries)."""
+    info = event.event_information
+    transaction_uid = str(info.get("TransactionUID", "") or "")
+    committed = [str(i.get("ReferencedSOPInstanceUID", "")) for i in info.get("ReferencedSOPSequence", [])]
+    failed = [
+        (str(i.get("ReferencedSOPInstanceUID", "")), int(i.get("FailureReason", 0x0110) or 0x0110))
+        for i in info.get("FailedSOPSequence", [])
+    ]
+    try:
+        known = commitment_report(transaction_uid, committed=committed, failed=failed, peer=peer_of(event))
+    except Exception:  # noqa: BLE001 - the PACS is told to try again rather than that all is well
+        log.exception("storage commitment report from %s could not be recorded", peer_of(event))
+        return status.PROCESSING_FAILURE, None
+    return (status.SUCCESS if known else status.NO_SUCH_SOP_INSTANCE), None
 
 
 def _failure(code: int, comment: str) -> Dataset:

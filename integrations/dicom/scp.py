@@ -13,12 +13,12 @@ from django.core.exceptions import ImproperlyConfigured
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt, sop_class
 from pynetdicom import association as pynetdicom_association
 from pynetdicom.service_class import ServiceClass, StorageServiceClass
-from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from pynetdicom.sop_class import StorageCommitmentPushModel, Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
 from fhirai.ingest.receive import input_reject
 from fhirai.ingest.sources import dicom_calling_allowed
-from integrations.dicom.handlers import handle_echo, handle_store
+from integrations.dicom.handlers import handle_commitment_report, handle_echo, handle_store
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +130,9 @@ def application_entity() -> AE:
     ae.network_timeout = 60
     ae.dimse_timeout = 60
     ae.add_supported_context(Verification)
+    # Storage commitment reports (N-EVENT-REPORT) from a PACS fhirai asked to commit its results:
+    # the PACS opens the association and acts as the SCP of the SOP class (role selection).
+    ae.add_supported_context(StorageCommitmentPushModel, scu_role=False, scp_role=True)
     for uid in storage_sop_classes():
         ae.add_supported_context(uid, ALL_TRANSFER_SYNTAXES)
     return ae
@@ -142,6 +145,7 @@ def server_start(address: tuple[str, int] | None = None) -> ThreadedAssociationS
     handlers = [
         (evt.EVT_C_ECHO, handle_echo),
         (evt.EVT_C_STORE, handle_store),
+        (evt.EVT_N_EVENT_REPORT, handle_commitment_report),
         (evt.EVT_REJECTED, handle_rejected),
     ]
     server = ae.make_server(address, evt_handlers=handlers, server_class=NoDelayServer)

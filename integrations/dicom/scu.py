@@ -11,9 +11,14 @@ from io import BytesIO
 
 from django.conf import settings
 from pydicom import dcmread
+from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
-from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+    StorageCommitmentPushModel,
+    StorageCommitmentPushModelInstance,
+    Verification,
+)
 
 from fhirai.errors import Unavailable
 from fhirai.results.writeback import Outcome
@@ -30,15 +35,21 @@ def _ae() -> AE:
     return ae
 
 
-def objects_send(peer: str, aet: str, host: str, port: int, objects: list[bytes]) -> Outcome:
+def objects_send(
+    peer: str, aet: str, host: str, port: int, objects: list[bytes], *, commitment_uid: str = ""
+) -> Outcome:
     """C-STORE each object (Part 10 bytes) to AE `aet` at host:port over one association.
     Delivered when every one got Success or a warning; refused when the PACS answered a failure
-    status or rejected the association permanently; Unavailable when it cannot be reached now."""
+    status or rejected the association permanently; Unavailable when it cannot be reached now.
+    With `commitment_uid`, then N-ACTION Request Storage Commitment (PS3.4 J.3.2) for them on the
+    same association: the PACS's N-EVENT-REPORT comes later to fhirai's SCP."""
     datasets = [dcmread(BytesIO(raw)) for raw in objects]
     ae = _ae()
     for sop_class in sorted({str(ds.SOPClassUID) for ds in datasets}):
         own = {str(ds.file_meta.TransferSyntaxUID) for ds in datasets if str(ds.SOPClassUID) == sop_class}
         ae.add_requested_context(sop_class, sorted(own | {ExplicitVRLittleEndian, ImplicitVRLittleEndian}))
+    if commitment_uid:
+        ae.add_requested_context(StorageCommitmentPushModel, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
     try:
         assoc = ae.associate(host, port, ae_title=aet)
     except OSError as exc:
@@ -55,6 +66,7 @@ def objects_send(peer: str, aet: str, host: str, port: int, objects: list[bytes]
     if not assoc.is_established:
         raise Unavailable(f"PACS {peer} ({aet}@{host}:{port}) did not accept an association")
     answers = []
+    refused = ""
     try:
         for ds in datasets:
             reply = assoc.send_c_store(ds)
@@ -62,6 +74,9 @@ def objects_send(peer: str, aet: str, host: str, port: int, objects: list[bytes]
             if code == -1:
                 raise Unavailable(f"PACS {peer} gave no C-STORE response (association lost)")
             answers.append((str(ds.SOPInstanceUID), code, str(getattr(reply, "ErrorComment", "") or "")))
+        stored = all(code == SUCCESS or code in WARNINGS for _, code, _ in answers)
+        if commitment_uid and stored:
+            refused = _commitment_request(assoc, commitment_uid, datasets)
     finally:
         if assoc.is_established:
             assoc.release()
@@ -72,7 +87,38 @@ def objects_send(peer: str, aet: str, host: str, port: int, objects: list[bytes]
     summary = f"C-STORE {len(answers)} object(s) to {aet}: " + (
         "all stored" if not failed else f"{len(failed)} refused, status {failed[0][1]:04X}"
     )
-    return Outcome(delivered=not failed, status=None, reply="\n".join(lines), summary=summary)
+    if commitment_uid and not failed:
+        summary += "; storage commitment " + (f"not accepted ({refused})" if refused else "requested")
+    return Outcome(
+        delivered=not failed, status=None, reply="\n".join(lines), summary=summary, commitment_refused=refused
+    )
+
+
+def _commitment_request(assoc: object, transaction_uid: str, datasets: list[Dataset]) -> str:
+    """N-ACTION (Action Type 1) with the Transaction UID and each object's SOP class and instance;
+    "" when the PACS accepted the request, else why not."""
+    context = [
+        c
+        for c in assoc.accepted_contexts
+        if str(c.abstract_syntax) == StorageCommitmentPushModel  # type: ignore[attr-defined]
+    ]
+    if not context:
+        return "the PACS does not offer Storage Commitment Push Model"
+    request = Dataset()
+    request.TransactionUID = transaction_uid
+    items = []
+    for ds in datasets:
+        item = Dataset()
+        item.ReferencedSOPClassUID, item.ReferencedSOPInstanceUID = ds.SOPClassUID, ds.SOPInstanceUID
+        items.append(item)
+    request.ReferencedSOPSequence = items
+    status, _reply = assoc.send_n_action(  # type: ignore[attr-defined]
+        request, 1, StorageCommitmentPushModel, StorageCommitmentPushModelInstance
+    )
+    code = int(getattr(status, "Status", -1)) if status else -1
+    if code == SUCCESS:
+        return ""
+    return "no N-ACTION response" if code == -1 else f"N-ACTION status {code:04X}"
 
 
 def echo(peer: str, aet: str, host: str, port: int) -> str:

@@ -21,6 +21,10 @@ KEPT_CODES = ("missing-attribute", "invalid-uid")
 # study no prior fetch is moving.
 NOT_AUTHORIZED = 0x0124
 
+# PS3.7 C (general statuses) for N-EVENT-REPORT responses.
+PROCESSING_FAILURE = 0x0110
+NO_SUCH_SOP_INSTANCE = 0x0112
+
 _BY_CODE = {
     "not-requested": NOT_AUTHORIZED,
     "missing-attribute": DATASET_DOES_NOT_MATCH,
