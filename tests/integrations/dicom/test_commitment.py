@@ -18,20 +18,11 @@ from pynetdicom.sop_class import StorageCommitmentPushModel, StorageCommitmentPu
 from fhirai.results.models import Commitment, Delivery
 from fhirai.results.writeback import delivery_attempt
 from integrations.dicom import status
-from integrations.dicom.scp import server_start
 from tests.support import pipeline
 from tests.support.orthanc import ORTHANC, orthanc_running
 from tests.support.product import free_port, port_open
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-@pytest.fixture
-def scp(settings):
-    port = free_port()
-    server = server_start(("127.0.0.1", port))
-    yield port
-    server.shutdown()
 
 
 def _wait(predicate, timeout: float = 20.0) -> None:

@@ -24,11 +24,9 @@ from fhirai.routing.jobs import job_record_result
 from fhirai.routing.models import InferenceJob, JobState, ModelRecord, PriorFetch
 from fhirai.routing.priors import Candidate, candidate_choose, prior_fetch
 from integrations.dicom import status
-from integrations.dicom.scp import server_start
 from tests.support import pipeline
 from tests.support.orthanc import ORTHANC, orthanc_find, orthanc_running
 from tests.support.phantom import IDENTITY, ct_phantom
-from tests.support.product import free_port
 
 pytestmark = pytest.mark.django_db(transaction=True)
 needs_orthanc = pytest.mark.skipif(not shutil.which(ORTHANC), reason="needs Debian's orthanc package")
@@ -68,12 +66,14 @@ def _store(port: int, files: list[bytes], *, called: str = "ORTHANC") -> list[in
     return codes
 
 
-@pytest.fixture
-def scp(settings):
-    port = free_port()
-    server = server_start(("127.0.0.1", port))
-    yield port
-    server.shutdown()
+def _fetched(files: list[bytes], settings) -> tuple[Study, InferenceJob, PriorFetch]:
+    """A study received and de-identified, and the prior search of its ct-lung-change job run."""
+    study = pipeline.receive_files(files)
+    pipeline.complete_and_deidentify(study, settings)
+    job = InferenceJob.objects.get(study=study, model__name="ct-lung-change")
+    prior_fetch(job.pk)
+    job.refresh_from_db()
+    return study, job, PriorFetch.objects.get(job=job)
 
 
 @pytest.fixture
@@ -169,13 +169,8 @@ def test_the_priors_ae_title_takes_only_a_study_a_fetch_is_moving(pacs, scp, blo
 @needs_orthanc
 def test_a_patient_without_an_earlier_study_runs_without_one_and_says_so(pacs, settings, blob_dir):
     settings.FHIRAI_FHIR_UPSTREAM_URL = ""
-    model = _change_model()
-    study = pipeline.receive(ct_phantom())
-    pipeline.complete_and_deidentify(study, settings)
-    job = InferenceJob.objects.get(study=study, model=model)
-    prior_fetch(job.pk)
-    job.refresh_from_db()
-    fetch = PriorFetch.objects.get(job=job)
+    _change_model()
+    study, job, fetch = _fetched(ct_phantom().files, settings)
     assert fetch.state == "none" and "no comparable earlier study" in fetch.detail
     assert job.state == JobState.QUEUED and job.prior_inputs == []
     output = pipeline.infer(job)
@@ -185,15 +180,10 @@ def test_a_patient_without_an_earlier_study_runs_without_one_and_says_so(pacs, s
 def test_a_prior_fhirai_already_holds_is_used_without_asking_a_pacs(settings, blob_dir):
     settings.FHIRAI_PRIORS_PACS = ""
     settings.FHIRAI_FHIR_UPSTREAM_URL = ""
-    model = _change_model()
+    _change_model()
     earlier = pipeline.receive_files(_dated(ct_phantom(emphysema=0.06, seed=2).files, "20251215"))
     pipeline.complete_and_deidentify(earlier, settings)  # de-identified (its own job waits: no prior)
-    study = pipeline.receive(ct_phantom())
-    pipeline.complete_and_deidentify(study, settings)
-    job = InferenceJob.objects.get(study=study, model=model)
-    prior_fetch(job.pk)
-    job.refresh_from_db()
-    fetch = PriorFetch.objects.get(job=job)
+    study, job, fetch = _fetched(ct_phantom().files, settings)
     assert fetch.state == "ready" and fetch.source == "fhirai" and fetch.prior_study_id == earlier.pk
     assert job.state == JobState.QUEUED and len(job.prior_inputs) == 24
     assert fetch.interval_days == 90
@@ -203,12 +193,8 @@ def test_a_prior_fhirai_already_holds_is_used_without_asking_a_pacs(settings, bl
 
 def test_a_model_that_requires_a_prior_fails_visibly_without_one(settings, blob_dir):
     settings.FHIRAI_PRIORS_PACS = ""
-    model = _change_model(required=True)
-    study = pipeline.receive(ct_phantom())
-    pipeline.complete_and_deidentify(study, settings)
-    job = InferenceJob.objects.get(study=study, model=model)
-    prior_fetch(job.pk)
-    job.refresh_from_db()
+    _change_model(required=True)
+    study, job, _fetch = _fetched(ct_phantom().files, settings)
     study.refresh_from_db()
     assert job.state == JobState.FAILED and "no prior study" in job.error
     assert study.state == "failed" and "requires a prior study" in study.error

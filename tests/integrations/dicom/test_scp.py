@@ -13,18 +13,9 @@ from pynetdicom.sop_class import CTImageStorage, Verification  # type: ignore[at
 
 from fhirai.ingest.models import Instance, Rejection, Study
 from integrations.dicom import status
-from integrations.dicom.scp import application_entity, server_start
-from tests.support.product import free_port
+from integrations.dicom.scp import application_entity
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-@pytest.fixture
-def scp(settings):
-    port = free_port()
-    server = server_start(("127.0.0.1", port))
-    yield port
-    server.shutdown()
 
 
 def _assoc(port: int, *contexts: object):
