@@ -45,6 +45,8 @@ def test_a_manifest_gets_its_defaults_and_is_checked_field_by_field():
     assert m.input["size"] == [224, 224] and m.input["channels"] == 1
     assert m.runtime["precision"] == "fp32" and m.labels[0]["threshold"] == 0.5
     assert m.accepts["sop_classes"] == [] and m.outputs["activation"] == "sigmoid"
+    assert m.priors == {}  # reads no prior unless it asks
+    assert manifest_parse(manifest(priors={"required": True})).priors == {"max_age_days": 1825, "required": True}
     bad = {
         "task": ({"task": "segmentation"}, "task"),
         "format": ({"format": "pickle"}, "format"),
@@ -56,6 +58,10 @@ def test_a_manifest_gets_its_defaults_and_is_checked_field_by_field():
         "channels": ({"input": {"channels": 2}}, "input.channels"),
         "precision": ({"runtime": {"precision": "int4"}}, "runtime.precision"),
         "weights": ({"weights": "../escape.pt"}, "weights"),
+        "priors": ({"priors": ["one"]}, "priors"),
+        "priors age": ({"priors": {"max_age_days": 0}}, "priors.max_age_days"),
+        "priors required": ({"priors": {"required": "yes"}}, "priors.required"),
+        "priors option": ({"priors": {"count": 2}}, "priors.count"),
     }
     for overrides, field in bad.values():
         with pytest.raises(ManifestError, match=field.replace(".", r"\.")):
