@@ -292,7 +292,7 @@ def _pacs(raw: str) -> dict[str, tuple[str, str, int]]:
     out: dict[str, tuple[str, str, int]] = {}
     for item in filter(None, (p.strip() for p in raw.split(","))):
         name, _, address = item.partition("=")
-        aet, _, hostport = address.partition("@")
+        aet, _, hostport = address.rpartition("@")  # a host has no @; an AE title may
         host, _, port = hostport.rpartition(":")
         if not name.strip() or not 0 < len(aet.strip()) <= 16 or not host or not port.isdigit():
             raise ImproperlyConfigured(f"FHIRAI_PACS_DESTINATIONS: {item!r} is not NAME=AE_TITLE@HOST:PORT")

@@ -137,7 +137,7 @@ def pacs_address(value: str) -> tuple[str, str, int]:
 
 
 def _ae_host_port(address: str) -> tuple[str, str, int]:
-    aet, sep, rest = address.strip().partition("@")
+    aet, sep, rest = address.strip().rpartition("@")  # a host has no @; an AE title may
     aet = aet.strip()
     if not sep or not 0 < len(aet) <= 16 or any(c == "\\" or not 0x20 <= ord(c) < 0x7F for c in aet):
         raise InvalidDestination(f"{address!r} is not AE_TITLE@HOST:PORT (an AE title of 1 to 16 characters)")
