@@ -1,4 +1,6 @@
-"""pynetdicom event handlers: event in, one domain call, status out."""
+"""C-STORE and C-ECHO handlers: event in, one domain call, status out. store_answer() is the
+decision both SCP engines share (integrations.dicom.acceptor, and pynetdicom's through
+handle_store)."""
 
 from __future__ import annotations
 
@@ -25,31 +27,39 @@ def handle_echo(event: Event) -> int:
 
 
 def handle_store(event: Event) -> Dataset | int:
-    """C-STORE. Success means the bytes are committed (DESIGN invariant 1)."""
-    raw = event.encoded_dataset()
-    calling_ae = str(event.assoc.requestor.ae_title).strip()
+    """C-STORE on pynetdicom's engine. Success means the bytes are committed (DESIGN invariant 1)."""
+    code, comment = store_answer(
+        raw=event.encoded_dataset(),
+        calling_ae=str(event.assoc.requestor.ae_title).strip(),
+        peer=peer_of(event),
+        transfer_syntax_uid=str(event.context.transfer_syntax),
+    )
+    return _failure(code, comment) if comment else code
+
+
+def store_answer(*, raw: bytes, calling_ae: str, peer: str, transfer_syntax_uid: str) -> tuple[int, str]:
+    """The C-STORE status for a received Part 10 stream, with its Error Comment (0000,0902) ("" for
+    none, at most 64 characters, LO). Success only once the instance is committed."""
     try:
-        instance_receive(
-            raw=raw, calling_ae=calling_ae, transfer_syntax_uid=str(event.context.transfer_syntax)
-        )
+        instance_receive(raw=raw, calling_ae=calling_ae, transfer_syntax_uid=transfer_syntax_uid)
     except errors.InvalidInput as exc:
         code = status.for_invalid(exc.code)
         try:
-            input_reject(protocol="dicom", raw=raw, peer=peer_of(event), code=exc.code, detail=exc.detail)
+            input_reject(protocol="dicom", raw=raw, peer=peer, code=exc.code, detail=exc.detail)
         except Exception:  # noqa: BLE001 - the refusal must still go out
-            log.exception("could not keep rejected DICOM input from %s", peer_of(event))
-            return _failure(status.OUT_OF_RESOURCES, "cannot keep it now; retry later")
+            log.exception("could not keep rejected DICOM input from %s", peer)
+            return status.OUT_OF_RESOURCES, "cannot keep it now; retry later"
         if exc.code in status.KEPT_CODES:
             # Kept (durably, above) but not processed: a warning, as storescp would store it.
-            return _failure(status.WARNING_KEPT, f"kept, not processed: {exc.detail}")
-        return _failure(code, exc.detail)
+            return status.WARNING_KEPT, f"kept, not processed: {exc.detail}"[:64]
+        return code, exc.detail[:64]
     except errors.Unavailable as exc:
-        log.warning("C-STORE from %s refused, out of resources: %s", peer_of(event), exc)
-        return _failure(status.OUT_OF_RESOURCES, "temporarily unable to store; retry later")
+        log.warning("C-STORE from %s refused, out of resources: %s", peer, exc)
+        return status.OUT_OF_RESOURCES, "temporarily unable to store; retry later"
     except Exception:  # noqa: BLE001 - never a false Success
-        log.exception("C-STORE from %s failed", peer_of(event))
-        return _failure(status.OUT_OF_RESOURCES, "internal error; retry later")
-    return status.SUCCESS
+        log.exception("C-STORE from %s failed", peer)
+        return status.OUT_OF_RESOURCES, "internal error; retry later"
+    return status.SUCCESS, ""
 
 
 def _failure(code: int, comment: str) -> Dataset:

@@ -10,6 +10,7 @@ from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
+from pydicom import config as pydicom_config
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt, sop_class
 from pynetdicom import association as pynetdicom_association
 from pynetdicom.service_class import ServiceClass, StorageServiceClass
@@ -18,7 +19,8 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from fhirai.ingest.receive import input_reject
 from fhirai.ingest.sources import dicom_calling_allowed
-from integrations.dicom.handlers import handle_echo, handle_store
+from integrations.dicom.acceptor import Acceptor
+from integrations.dicom.handlers import handle_echo, handle_store, store_answer
 
 log = logging.getLogger(__name__)
 
@@ -112,10 +114,48 @@ def application_entity() -> AE:
     return ae
 
 
-def server_start(address: tuple[str, int] | None = None) -> ThreadedAssociationServer:
-    """Start serving in background threads; .shutdown() stops accepting and closes the socket."""
+def _rejected_keep(calling_ae: str, address: str) -> None:
+    """fhirai's acceptor: keep a refused association visible, as handle_rejected does."""
+    try:
+        input_reject(
+            protocol="dicom",
+            raw=b"",
+            peer=f"{calling_ae}@{address}",
+            code="calling-ae-not-allowed",
+            detail=f"association from calling AE {calling_ae!r} refused: not on the allowed list",
+        )
+    except Exception:  # noqa: BLE001 - the refusal stands even when it cannot be recorded
+        log.warning("a refused association could not be recorded", exc_info=True)
+
+
+def _store(calling_ae: str, peer: str, transfer_syntax_uid: str, raw: bytes) -> tuple[int, str]:
+    return store_answer(raw=raw, calling_ae=calling_ae, peer=peer, transfer_syntax_uid=transfer_syntax_uid)
+
+
+def server_start(
+    address: tuple[str, int] | None = None, *, reuse_port: bool = False
+) -> ThreadedAssociationServer | Acceptor:
+    """Start serving in background threads; .shutdown() stops accepting and closes the socket.
+    FHIRAI_DICOM_ENGINE picks the upper layer: `fhirai` (integrations.dicom.acceptor, the
+    default) or `pynetdicom` (pynetdicom's own acceptor); both negotiate from the same AE."""
     ae = application_entity()
     address = address or (settings.FHIRAI_BIND_ADDRESS, settings.FHIRAI_DICOM_PORT)
+    # The SCP parses headers only to index them. pydicom validates every value it converts
+    # (WARN by default): about 1 ms per image here, and its warnings would quote header values
+    # (PHI) into the log. Validation on read changes nothing else, so it is off in this process.
+    pydicom_config.settings.reading_validation_mode = pydicom_config.IGNORE
+    if settings.FHIRAI_DICOM_ENGINE == "fhirai":
+        acceptor = Acceptor(
+            address,
+            ae,
+            store=_store,
+            rejected=_rejected_keep,
+            calling_allowed=dicom_calling_allowed,
+            reuse_port=reuse_port,
+        )
+        threading.Thread(target=acceptor.serve_forever, name="dicom-scp", daemon=True).start()
+        log.info("DICOM SCP %s listening on %s:%s (fhirai engine)", settings.FHIRAI_DICOM_AE, *address)
+        return acceptor
     handlers = [
         (evt.EVT_C_ECHO, handle_echo),
         (evt.EVT_C_STORE, handle_store),
@@ -125,5 +165,5 @@ def server_start(address: tuple[str, int] | None = None) -> ThreadedAssociationS
     ae._servers.append(server)  # as AE.start_server() does; server.shutdown() takes it off again
 
     threading.Thread(target=server.serve_forever, name="dicom-scp", daemon=True).start()
-    log.info("DICOM SCP %s listening on %s:%s", settings.FHIRAI_DICOM_AE, *address)
+    log.info("DICOM SCP %s listening on %s:%s (pynetdicom engine)", settings.FHIRAI_DICOM_AE, *address)
     return server
