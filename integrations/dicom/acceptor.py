@@ -14,6 +14,7 @@ per-message path (P-DATA-TF, C-STORE, C-ECHO, A-RELEASE, A-ABORT) is integration
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import selectors
 import socket
 import threading
@@ -53,6 +54,28 @@ REJECT_LOCAL_LIMIT = (0x02, 0x03, 0x02)  # transient, service-provider (presenta
 StoreFn = Callable[[str, str, str, bytes], tuple[int, str]]
 # Rejection handler: (calling AE, peer address) -> None, called after the A-ASSOCIATE-RJ is sent
 RejectedFn = Callable[[str, str], None]
+
+
+class Slots:
+    """The association slots of one listening port (FHIRAI_DICOM_MAX_ASSOCIATIONS): a connection
+    takes one when accepted and gives it back when closed; one that finds none left is answered
+    A-ASSOCIATE-RJ (as pynetdicom counts its active acceptor associations). A shared-memory
+    counter, so acceptor processes forked from one parent could share the limit."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._taken = multiprocessing.Value("i", 0)
+
+    def take(self) -> bool:
+        with self._taken.get_lock():
+            if self._taken.value >= self.limit:
+                return False
+            self._taken.value += 1
+            return True
+
+    def give(self) -> None:
+        with self._taken.get_lock():
+            self._taken.value -= 1
 
 
 class Closed(Exception):
@@ -101,23 +124,22 @@ class Acceptor:
         store: StoreFn,
         rejected: RejectedFn,
         calling_allowed: Callable[[], list[str]],
-        reuse_port: bool = False,
+        slots: Slots | None = None,
     ) -> None:
         self.ae = ae
         self.store = store
         self.rejected = rejected
         self.calling_allowed = calling_allowed
         self.max_pdu = int(ae.maximum_pdu_size or 0)
-        self.max_associations = int(ae.maximum_associations)
+        self.slots = slots or Slots(int(ae.maximum_associations))
         self.acse_timeout = float(ae.acse_timeout or 30)
         self.network_timeout = float(ae.network_timeout or 60)
         self.supported = ae.supported_contexts
         self.implementation_uid = str(ae.implementation_class_uid)
         self.implementation_version = ae.implementation_version_name
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+        self.sock = socket.socket(family, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if reuse_port:
-            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         self.sock.bind(address)
         self.sock.listen(64)
         self.server_address = self.sock.getsockname()
@@ -170,9 +192,10 @@ class Acceptor:
         assoc = Association(conn, address)
         with self._lock:
             self._associations.add(assoc)
+        has_slot = self.slots.take()
         try:
             close_old_connections()
-            if self._associate(assoc):
+            if self._associate(assoc, has_slot):
                 self._serve(assoc)
         except Closed:
             pass
@@ -188,6 +211,8 @@ class Acceptor:
             try:
                 _close(conn)
             finally:
+                if has_slot:
+                    self.slots.give()
                 with self._lock:
                     self._active.discard(threading.current_thread())
                     self._associations.discard(assoc)
@@ -203,7 +228,7 @@ class Acceptor:
     def _read_pdu_header(self, sock: socket.socket) -> tuple[int, int]:
         return pdu.header_decode(bytes(_recv_exact(sock, 6)))
 
-    def _associate(self, assoc: Association) -> bool:
+    def _associate(self, assoc: Association, has_slot: bool) -> bool:
         """ARTIM (PS3.8 9.1.5): an A-ASSOCIATE-RQ within the ACSE timeout, else the connection is
         closed. Answers AC or RJ as pynetdicom's acceptor does; True when accepted."""
         sock = assoc.sock
@@ -232,9 +257,8 @@ class Acceptor:
         allowed = [a.strip() for a in self.calling_allowed()]
         if allowed and assoc.calling_ae not in allowed:
             reject = REJECT_CALLING_AE
-        with self._lock:
-            if len(self._active) > self.max_associations:
-                reject = REJECT_LOCAL_LIMIT
+        if not has_slot:
+            reject = REJECT_LOCAL_LIMIT
         if reject is not None:
             sock.sendall(_reject_pdu(primitive, *reject))
             log.info("DICOM association from %s@%s rejected", assoc.calling_ae, assoc.address[0])

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import sys
 import threading
 from typing import Any
 
@@ -132,9 +133,7 @@ def _store(calling_ae: str, peer: str, transfer_syntax_uid: str, raw: bytes) -> 
     return store_answer(raw=raw, calling_ae=calling_ae, peer=peer, transfer_syntax_uid=transfer_syntax_uid)
 
 
-def server_start(
-    address: tuple[str, int] | None = None, *, reuse_port: bool = False
-) -> ThreadedAssociationServer | Acceptor:
+def server_start(address: tuple[str, int] | None = None) -> ThreadedAssociationServer | Acceptor:
     """Start serving in background threads; .shutdown() stops accepting and closes the socket.
     FHIRAI_DICOM_ENGINE picks the upper layer: `fhirai` (integrations.dicom.acceptor, the
     default) or `pynetdicom` (pynetdicom's own acceptor); both negotiate from the same AE."""
@@ -144,6 +143,11 @@ def server_start(
     # (WARN by default): about 1 ms per image here, and its warnings would quote header values
     # (PHI) into the log. Validation on read changes nothing else, so it is off in this process.
     pydicom_config.settings.reading_validation_mode = pydicom_config.IGNORE
+    # Each C-STORE writes its blob in a helper thread (syscalls, mostly without the GIL) while the
+    # association's thread parses the header (Python, with the GIL). With the default 5 ms switch
+    # interval the writer waits for the parse at each step between its syscalls, and the two run
+    # one after the other; 0.5 ms lets them overlap.
+    sys.setswitchinterval(0.0005)
     if settings.FHIRAI_DICOM_ENGINE == "fhirai":
         acceptor = Acceptor(
             address,
@@ -151,7 +155,6 @@ def server_start(
             store=_store,
             rejected=_rejected_keep,
             calling_allowed=dicom_calling_allowed,
-            reuse_port=reuse_port,
         )
         threading.Thread(target=acceptor.serve_forever, name="dicom-scp", daemon=True).start()
         log.info("DICOM SCP %s listening on %s:%s (fhirai engine)", settings.FHIRAI_DICOM_AE, *address)

@@ -185,6 +185,42 @@ def test_part10_prefix_is_byte_identical_to_pynetdicoms_file_meta():
         assert pdu.part10_prefix(sop_class, instance, syntax) == expected
 
 
+def test_responses_are_byte_identical_to_pynetdicoms():
+    from pynetdicom.dimse_messages import C_ECHO_RSP, C_STORE_RSP
+    from pynetdicom.dimse_primitives import C_ECHO, C_STORE
+
+    def theirs(message_class, primitive) -> bytes:
+        message = message_class()
+        message.primitive_to_message(primitive)
+        return encode(message.command_set, True, True)
+
+    store = C_STORE()
+    store.MessageIDBeingRespondedTo = 7
+    store.AffectedSOPClassUID, store.AffectedSOPInstanceUID = CTImageStorage, "1.2.3.4.5"
+    store.Status, store.ErrorComment = status.OUT_OF_RESOURCES, "temporarily unable to store; retry later"
+    request = pdu.Command(
+        field=pdu.C_STORE_RQ,
+        message_id=7,
+        dataset_type=1,
+        sop_class_uid=CTImageStorage,
+        sop_instance_uid="1.2.3.4.5",
+    )
+    ours = pdu.response_encode(request, status.OUT_OF_RESOURCES, error_comment=store.ErrorComment)
+    assert ours == theirs(C_STORE_RSP, store)
+    store.Status, store.ErrorComment = status.SUCCESS, None
+    assert pdu.response_encode(request, status.SUCCESS) == theirs(C_STORE_RSP, store)
+    echo = C_ECHO()
+    echo.MessageIDBeingRespondedTo, echo.AffectedSOPClassUID, echo.Status = 3, Verification, status.SUCCESS
+    request = pdu.Command(
+        field=pdu.C_ECHO_RQ,
+        message_id=3,
+        dataset_type=pdu.NO_DATASET,
+        sop_class_uid=Verification,
+        sop_instance_uid="",
+    )
+    assert pdu.response_encode(request, status.SUCCESS, with_instance=False) == theirs(C_ECHO_RSP, echo)
+
+
 def test_command_fragmented_across_pdus_and_several_pdvs_per_pdu_are_reassembled(scp, phantom):
     ds, data = _dataset_bytes(phantom.files[0])
     sock = _connect(scp)
