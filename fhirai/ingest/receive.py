@@ -22,6 +22,7 @@ from fhirai import blobs
 from fhirai.audit.models import TimelineEvent
 from fhirai.audit.timeline import Event, record
 from fhirai.errors import InvalidInput, Unavailable
+from fhirai.ingest.header import header_read
 from fhirai.ingest.models import Instance, Rejection, Study, StudyState
 
 log = logging.getLogger(__name__)
@@ -37,11 +38,14 @@ class Received:
 
 
 def header_parse(raw: bytes) -> Dataset:
-    """The header of a Part 10 stream (no pixel decoding on the receive path)."""
-    try:
-        ds = dcmread(BytesIO(raw), stop_before_pixels=True)
-    except (InvalidDicomError, EOFError, ValueError, KeyError, TypeError, OverflowError) as exc:
-        raise InvalidInput("unparseable", f"cannot parse the dataset: {type(exc).__name__}") from None
+    """The header of a Part 10 stream (no pixel decoding on the receive path): the indexed
+    elements only when fhirai.ingest.header can find them, else pydicom's whole header."""
+    ds = header_read(raw)
+    if ds is None:
+        try:
+            ds = dcmread(BytesIO(raw), stop_before_pixels=True)
+        except (InvalidDicomError, EOFError, ValueError, KeyError, TypeError, OverflowError) as exc:
+            raise InvalidInput("unparseable", f"cannot parse the dataset: {type(exc).__name__}") from None
     for keyword in REQUIRED_UIDS:
         value = str(ds.get(keyword, "") or "")
         if not value:
