@@ -89,7 +89,7 @@ class Association:
     sock: socket.socket
     address: tuple[str, int]
     calling_ae: str = ""
-    idle: bool = False  # waiting for the first PDU of a message: safe to close on shutdown
+    idle: bool = True  # waiting for A-ASSOCIATE-RQ or a message's first PDU: safe to close on shutdown
     peer_max_pdu: int = 0
     # accepted presentation context ID -> (abstract syntax, transfer syntax)
     contexts: dict[int, tuple[str, str]] = field(default_factory=dict)
@@ -153,8 +153,13 @@ class Acceptor:
         with selectors.DefaultSelector() as selector:
             selector.register(self.sock, selectors.EVENT_READ)
             while not self._stop.is_set():
-                if not selector.select(poll_interval):
-                    continue
+                try:
+                    if not selector.select(poll_interval):
+                        continue
+                except (OSError, ValueError):  # the socket was closed by shutdown()
+                    if self._stop.is_set():
+                        return
+                    raise
                 try:
                     conn, address = self.sock.accept()
                 except OSError:

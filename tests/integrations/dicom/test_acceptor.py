@@ -408,3 +408,18 @@ def test_role_selection_is_answered(scp):
     # PS3.7 D.3.3.4: we accept the SCU role for the requestor (we are the storage SCP) only
     assert cx.as_scu is True
     assoc.release()
+
+
+def test_shutdown_closes_idle_associations_at_once(settings, blob_dir):
+    settings.FHIRAI_DICOM_ENGINE = "fhirai"
+    port = free_port()
+    server = server_start(("127.0.0.1", port))
+    sock = _connect(port)  # established, between messages
+    silent = socket.create_connection(("127.0.0.1", port), timeout=10)  # not even an A-ASSOCIATE-RQ
+    time.sleep(0.5)  # accepted (one still in the listen backlog would be reset by the close)
+    started = time.monotonic()
+    server.shutdown()
+    assert time.monotonic() - started < 5
+    assert _recv_pdu(sock) == (0, b"") and silent.recv(10) == b""
+    sock.close()
+    silent.close()
