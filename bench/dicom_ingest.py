@@ -58,7 +58,17 @@ from tests.support.product import free_port  # noqa: E402
 ORTHANC = "/usr/sbin/Orthanc"
 DEFAULT_DB = "postgres://postgres@127.0.0.1:5432/fhirai_bench_ingest"
 NODELAY = {**os.environ, "TCP_NODELAY": "1"}
-TARGETS = ("fhirai", "fhirai-sqlite", "storescp", "orthanc", "bare", "bare-bigpdu", "fhirai-bigpdu")
+TARGETS = (
+    "fhirai",
+    "fhirai-sqlite",
+    "fhirai-pynetdicom",
+    "storescp",
+    "orthanc",
+    "bare",
+    "bare-bigpdu",
+    "bare-fhirai",
+    "fhirai-bigpdu",
+)
 BIG_PDU = 1 << 20  # what-if experiments: pynetdicom's default maximum PDU received is 16,382 bytes
 
 
@@ -309,7 +319,12 @@ server.shutdown()
 
 
 def start_fhirai(
-    workdir: Path, dbs: Databases | None, sqlite_tpl: Path | None, command: str = "dicom_scp", pdu: int = 0
+    workdir: Path,
+    dbs: Databases | None,
+    sqlite_tpl: Path | None,
+    command: str = "dicom_scp",
+    pdu: int = 0,
+    engine: str = "",
 ) -> Receiver:
     data = workdir / f"fhirai-{uuid.uuid4().hex[:6]}"
     port = free_port()
@@ -334,6 +349,9 @@ def start_fhirai(
             shutil.rmtree(data, ignore_errors=True)
 
     data.mkdir(parents=True, exist_ok=True)
+    if engine:
+        env["FHIRAI_DICOM_ENGINE"] = engine
+        name += f", {engine} engine"
     log = workdir / f"{data.name}.log"
     if command == "http":
         env["FHIRAI_HTTP_PORT"] = str(port)
@@ -343,6 +361,7 @@ def start_fhirai(
         return rx
     env["FHIRAI_DICOM_PORT"] = str(port)
     if pdu:  # what-if: the same SCP with a larger maximum PDU (a bench-side patch, not the product)
+        env["FHIRAI_DICOM_ENGINE"] = "pynetdicom"
         proc = spawn([sys.executable, "-c", PDU_SCP, str(pdu)], env, log)
     else:
         proc = spawn([sys.executable, "manage.py", command], env, log)
@@ -471,6 +490,47 @@ def start_bare(workdir: Path, pdu: int = 16382) -> Receiver:
         return -1
 
     rx = Receiver(f"pynetdicom, no work, max PDU {pdu}", proc, port, "BARE", count, log)
+    wait_echo(rx)
+    return rx
+
+
+BARE_FHIRAI_SCP = """
+import signal, sys, threading
+import django
+django.setup()
+from integrations.dicom.acceptor import Acceptor
+from integrations.dicom.scp import application_entity
+n = 0
+def store(calling, peer, syntax, raw):
+    global n
+    n += 1
+    return 0, ""
+acceptor = Acceptor(("127.0.0.1", int(sys.argv[1])), application_entity(), store=store,
+                    rejected=lambda *a: None, calling_allowed=lambda: [])
+signal.signal(signal.SIGUSR1, lambda *a: open(sys.argv[2], "w").write(str(n)))
+acceptor.serve_forever()
+"""
+
+
+def start_bare_fhirai(workdir: Path) -> Receiver:
+    """fhirai's own acceptor (integrations.dicom.acceptor) whose store answers Success without
+    storing: the floor of the fhirai engine (Part 10 bytes built, nothing written)."""
+    port = free_port()
+    counter = workdir / f"bare-fhirai-{port}.count"
+    log = workdir / f"bare-fhirai-{port}.log"
+    env = fhirai_env(workdir / f"bare-fhirai-{port}", None, None)
+    proc = spawn([sys.executable, "-c", BARE_FHIRAI_SCP, str(port), str(counter)], env, log)
+
+    def count() -> int:
+        counter.unlink(missing_ok=True)
+        os.kill(proc.pid, signal.SIGUSR1)
+        for _ in range(50):
+            if counter.exists() and counter.read_text():
+                return int(counter.read_text())
+            time.sleep(0.05)
+        return -1
+
+    rx = Receiver("fhirai acceptor, no work", proc, port, "FHIRAI", count, log)
     wait_echo(rx)
     return rx
 
@@ -605,15 +665,18 @@ import cProfile, os, pstats, signal, sys, threading
 import django
 django.setup()
 import pynetdicom.association as A
+from integrations.dicom.acceptor import Acceptor
 from integrations.dicom.scp import server_start
 profiles, lock = [], threading.Lock()
-run = A.Association.run
-def profiled(self):
-    p = cProfile.Profile()
-    with lock:
-        profiles.append(p)
-    p.runcall(run, self)
-A.Association.run = profiled
+def wrap(run):
+    def profiled(*args):
+        p = cProfile.Profile()
+        with lock:
+            profiles.append(p)
+        p.runcall(run, *args)
+    return profiled
+A.Association.run = wrap(A.Association.run)  # the pynetdicom engine's association threads
+Acceptor._run = wrap(Acceptor._run)  # the fhirai engine's
 stop = threading.Event()
 signal.signal(signal.SIGTERM, lambda *a: stop.set())
 server = server_start()
@@ -671,8 +734,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--targets",
         default="fhirai,fhirai-sqlite,storescp,orthanc,stow",
-        help="comma-separated from fhirai, fhirai-sqlite, storescp, orthanc, stow; what-ifs: bare, "
-        "bare-bigpdu, fhirai-bigpdu",
+        help="comma-separated from fhirai, fhirai-sqlite, storescp, orthanc, stow; what-ifs: bare, bare-fhirai, "
+        "bare-bigpdu, fhirai-bigpdu, fhirai-pynetdicom",
     )
     parser.add_argument("--database-url", default=os.environ.get("BENCH_DATABASE_URL", DEFAULT_DB))
     parser.add_argument("--broker-url", default="redis://127.0.0.1:6379/15")
@@ -711,7 +774,10 @@ def main(argv: list[str] | None = None) -> int:
         raws = [p.read_bytes() for p in files]
         mb = sum(len(r) for r in raws) / 1e6
         n = len(raws)
-        need_pg = any(t in targets for t in ("fhirai", "fhirai-bigpdu", "stow")) or args.profile
+        need_pg = (
+            any(t in targets for t in ("fhirai", "fhirai-bigpdu", "fhirai-pynetdicom", "stow"))
+            or args.profile
+        )
         with Databases(args.database_url, args.broker_url, workdir) if need_pg else _Null() as dbs:
             tpl = sqlite_template(workdir) if "fhirai-sqlite" in targets else None
             starters: dict[str, Callable[[], Receiver]] = {
@@ -721,6 +787,8 @@ def main(argv: list[str] | None = None) -> int:
                 "orthanc": lambda: start_orthanc(workdir),
                 "bare": lambda: start_bare(workdir),
                 "bare-bigpdu": lambda: start_bare(workdir, BIG_PDU),
+                "bare-fhirai": lambda: start_bare_fhirai(workdir),
+                "fhirai-pynetdicom": lambda: start_fhirai(workdir, dbs, None, engine="pynetdicom"),
                 "fhirai-bigpdu": lambda: start_fhirai(workdir, dbs, None, pdu=BIG_PDU),
             }
             for run in range(args.runs):
@@ -798,6 +866,8 @@ LABELS = {
     "orthanc": "Orthanc",
     "bare": "pynetdicom SCP, no storage (floor)",
     "bare-bigpdu": "pynetdicom SCP, no storage, max PDU 1 MiB",
+    "bare-fhirai": "fhirai acceptor, no storage (floor)",
+    "fhirai-pynetdicom": "fhirai dicom_scp, PostgreSQL, pynetdicom engine",
     "fhirai-bigpdu": "fhirai SCP, PostgreSQL, max PDU 1 MiB (what-if)",
     "stow-fhirai": "STOW-RS fhirai (http, 10/request)",
     "rest-orthanc": "Orthanc REST POST /instances (1/request)",

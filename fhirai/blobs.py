@@ -11,6 +11,7 @@ on both."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import tempfile
@@ -49,8 +50,11 @@ class LocalBackend:
         if path.exists():
             return
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+            try:
+                fd, tmp = tempfile.mkstemp(dir=_shard_ready(str(path.parent)), prefix=".tmp-")
+            except FileNotFoundError:  # the shard went away since it was made: make it again
+                _shard_ready.cache_clear()
+                fd, tmp = tempfile.mkstemp(dir=_shard_ready(str(path.parent)), prefix=".tmp-")
             try:
                 with os.fdopen(fd, "wb") as fh:
                     fh.write(data)
@@ -75,6 +79,14 @@ class LocalBackend:
 
     def delete(self, key: str) -> None:
         (self.root / key).unlink(missing_ok=True)
+
+
+@functools.lru_cache(maxsize=4096)
+def _shard_ready(path: str) -> str:
+    """The shard directory, made once per process: a mkdir per put is a syscall per C-STORE
+    that waits on the filesystem journal when another commit is flushing it."""
+    Path(path).mkdir(parents=True, exist_ok=True)
+    return path
 
 
 def _fsync_dir(path: Path) -> None:

@@ -256,6 +256,11 @@ FHIRAI_DICOM_REJECT_SOP_CLASSES = [
 ]
 FHIRAI_DICOM_MAX_PDU = env_int("FHIRAI_DICOM_MAX_PDU", 262144, minimum=4096)
 FHIRAI_DICOM_MAX_ASSOCIATIONS = env_int("FHIRAI_DICOM_MAX_ASSOCIATIONS", 16, minimum=1)
+# The SCP's upper layer: fhirai's own acceptor (integrations.dicom.acceptor, the default) or
+# pynetdicom's, kept for a sender that only works with the latter.
+FHIRAI_DICOM_ENGINE = env_str("FHIRAI_DICOM_ENGINE", "fhirai")
+if FHIRAI_DICOM_ENGINE not in ("fhirai", "pynetdicom"):
+    raise ImproperlyConfigured("FHIRAI_DICOM_ENGINE must be fhirai or pynetdicom")
 FHIRAI_MLLP_PORT = env_int("FHIRAI_MLLP_PORT", 2575, minimum=1)
 FHIRAI_MLLP_MAX_BYTES = env_int("FHIRAI_MLLP_MAX_BYTES", 10 * 1024 * 1024, minimum=1024)
 FHIRAI_MLLP_ALLOW = [a.strip() for a in env_str("FHIRAI_MLLP_ALLOW").split(",") if a.strip()]

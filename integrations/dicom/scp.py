@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import logging
 import socket
+import sys
 import threading
 from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
+from pydicom import config as pydicom_config
+from pydicom.dataset import Dataset
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt, sop_class
 from pynetdicom import association as pynetdicom_association
 from pynetdicom.service_class import ServiceClass, StorageServiceClass
@@ -18,7 +21,14 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from fhirai.ingest.receive import input_reject
 from fhirai.ingest.sources import dicom_calling_allowed
-from integrations.dicom.handlers import handle_commitment_report, handle_echo, handle_store
+from integrations.dicom.acceptor import Acceptor
+from integrations.dicom.handlers import (
+    commitment_answer,
+    handle_commitment_report,
+    handle_echo,
+    handle_store,
+    store_answer,
+)
 
 log = logging.getLogger(__name__)
 
@@ -138,10 +148,63 @@ def application_entity() -> AE:
     return ae
 
 
-def server_start(address: tuple[str, int] | None = None) -> ThreadedAssociationServer:
-    """Start serving in background threads; .shutdown() stops accepting and closes the socket."""
+def _rejected_keep(calling_ae: str, address: str) -> None:
+    """fhirai's acceptor: keep a refused association visible, as handle_rejected does."""
+    try:
+        input_reject(
+            protocol="dicom",
+            raw=b"",
+            peer=f"{calling_ae}@{address}",
+            code="calling-ae-not-allowed",
+            detail=f"association from calling AE {calling_ae!r} refused: not on the allowed list",
+        )
+    except Exception:  # noqa: BLE001 - the refusal stands even when it cannot be recorded
+        log.warning("a refused association could not be recorded", exc_info=True)
+
+
+def _store(
+    calling_ae: str, called_ae: str, peer: str, transfer_syntax_uid: str, raw: bytes
+) -> tuple[int, str]:
+    return store_answer(
+        raw=raw,
+        calling_ae=calling_ae,
+        called_ae=called_ae,
+        peer=peer,
+        transfer_syntax_uid=transfer_syntax_uid,
+    )
+
+
+def _event_report(peer: str, info: Dataset) -> int:
+    return commitment_answer(info, peer=peer)
+
+
+def server_start(address: tuple[str, int] | None = None) -> ThreadedAssociationServer | Acceptor:
+    """Start serving in background threads; .shutdown() stops accepting and closes the socket.
+    FHIRAI_DICOM_ENGINE picks the upper layer: `fhirai` (integrations.dicom.acceptor, the
+    default) or `pynetdicom` (pynetdicom's own acceptor); both negotiate from the same AE."""
     ae = application_entity()
     address = address or (settings.FHIRAI_BIND_ADDRESS, settings.FHIRAI_DICOM_PORT)
+    # The SCP parses headers only to index them. pydicom validates every value it converts
+    # (WARN by default): about 1 ms per image here, and its warnings would quote header values
+    # (PHI) into the log. Validation on read changes nothing else, so it is off in this process.
+    pydicom_config.settings.reading_validation_mode = pydicom_config.IGNORE
+    # Each C-STORE writes its blob in a helper thread (syscalls, mostly without the GIL) while the
+    # association's thread parses the header (Python, with the GIL). With the default 5 ms switch
+    # interval the writer waits for the parse at each step between its syscalls, and the two run
+    # one after the other; 0.5 ms lets them overlap.
+    sys.setswitchinterval(0.0005)
+    if settings.FHIRAI_DICOM_ENGINE == "fhirai":
+        acceptor = Acceptor(
+            address,
+            ae,
+            store=_store,
+            rejected=_rejected_keep,
+            calling_allowed=dicom_calling_allowed,
+            event_report=_event_report,
+        )
+        threading.Thread(target=acceptor.serve_forever, name="dicom-scp", daemon=True).start()
+        log.info("DICOM SCP %s listening on %s:%s (fhirai engine)", settings.FHIRAI_DICOM_AE, *address)
+        return acceptor
     handlers = [
         (evt.EVT_C_ECHO, handle_echo),
         (evt.EVT_C_STORE, handle_store),
@@ -152,5 +215,5 @@ def server_start(address: tuple[str, int] | None = None) -> ThreadedAssociationS
     ae._servers.append(server)  # as AE.start_server() does; server.shutdown() takes it off again
 
     threading.Thread(target=server.serve_forever, name="dicom-scp", daemon=True).start()
-    log.info("DICOM SCP %s listening on %s:%s", settings.FHIRAI_DICOM_AE, *address)
+    log.info("DICOM SCP %s listening on %s:%s (pynetdicom engine)", settings.FHIRAI_DICOM_AE, *address)
     return server

@@ -83,3 +83,40 @@ def test_new_instance_after_completion_opens_a_revision(blob_dir):
     assert study.state == StudyState.RECEIVING and study.revision == 2 and study.instance_count == 2
     instance_receive(raw=ph.files[1])  # a resend of the late instance changes nothing more
     assert Study.objects.get().revision == 2
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_instances_of_a_new_study_count_once_each_and_its_first_events_once(blob_dir):
+    """Several associations delivering one new study at once (and resending): one study row,
+    every instance counted once, the first-instance timeline events written once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from django.db import connections
+
+    ph = ct_phantom(slices=12, size=32)
+
+    def receive(raw: bytes) -> bool:
+        try:
+            return instance_receive(raw=raw, calling_ae="MODALITY1").duplicate
+        finally:
+            connections.close_all()
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        duplicates = list(pool.map(receive, [*ph.files, *ph.files[:4]]))
+    assert sum(duplicates) == 4
+    study = Study.objects.get()
+    assert study.instance_count == 12 == Instance.objects.count()
+    events = [e.event for e in TimelineEvent.objects.filter(item_id=study.pk)]
+    assert events == ["received", "acked"]
+
+
+def test_a_late_instance_of_a_prior_study_is_counted_without_a_revision(blob_dir):
+    files = ct_phantom(slices=3, size=32).files
+    instance_receive(raw=files[0], role="prior")
+    study = Study.objects.get()
+    assert study.role == "prior" and study.instance_count == 1
+    Study.objects.filter(pk=study.pk).update(state=StudyState.NO_MODEL)
+    instance_receive(raw=files[1], role="prior")
+    study.refresh_from_db()
+    assert study.state == StudyState.NO_MODEL and study.revision == 1 and study.instance_count == 2
+    assert not TimelineEvent.objects.filter(detail__contains="revision opened").exists()

@@ -46,7 +46,10 @@ def test_a_manifest_gets_its_defaults_and_is_checked_field_by_field():
     assert m.runtime["precision"] == "fp32" and m.labels[0]["threshold"] == 0.5
     assert m.accepts["sop_classes"] == [] and m.outputs["activation"] == "sigmoid"
     assert m.priors == {}  # reads no prior unless it asks
-    assert manifest_parse(manifest(priors={"required": True})).priors == {"max_age_days": 1825, "required": True}
+    assert manifest_parse(manifest(priors={"required": True})).priors == {
+        "max_age_days": 1825,
+        "required": True,
+    }
     bad = {
         "task": ({"task": "segmentation"}, "task"),
         "format": ({"format": "pickle"}, "format"),

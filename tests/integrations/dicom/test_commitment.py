@@ -88,6 +88,7 @@ def _report(
     return int(reply.Status)
 
 
+@pytest.mark.parametrize("scp", ["fhirai", "pynetdicom"], indirect=True)  # both SCP engines take reports
 def test_objects_the_pacs_does_not_commit_fail_the_delivery_visibly(
     phantom, settings, blob_dir, scp, tmp_path
 ):

@@ -1,4 +1,5 @@
-"""The SCP on a real socket, driven by a pynetdicom SCU (and by dcmtk in tests/e2e)."""
+"""The SCP on a real socket, on both engines, driven by a pynetdicom SCU (and by dcmtk in tests/e2e and
+test_acceptor)."""
 
 from __future__ import annotations
 
@@ -12,10 +13,24 @@ from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage, Verification  # type: ignore[attr-defined]
 
 from fhirai.ingest.models import Instance, Rejection, Study
+from fhirai.ingest.sources import sources_changed
 from integrations.dicom import status
-from integrations.dicom.scp import application_entity
+from integrations.dicom.scp import application_entity, server_start
+from tests.support.product import free_port
 
 pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture(params=["fhirai", "pynetdicom"])
+def scp(request, settings):
+    """The SCP on each engine (FHIRAI_DICOM_ENGINE): both must behave the same."""
+    settings.FHIRAI_DICOM_ENGINE = request.param
+    sources_changed()  # the allow-list rows are cached per process for a few seconds
+    port = free_port()
+    server = server_start(("127.0.0.1", port))
+    yield port
+    server.shutdown()
+    sources_changed()
 
 
 def _assoc(port: int, *contexts: object):
