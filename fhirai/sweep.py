@@ -20,7 +20,7 @@ from fhirai.context.messages import messages_redispatch_stalled
 from fhirai.context.reports import reports_redispatch_stalled
 from fhirai.ingest.models import Study, StudyState
 from fhirai.results.commitment import commitments_expire
-from fhirai.results.writeback import deliveries_due, delivery_redispatch
+from fhirai.results.writeback import deliveries_due, delivery_redispatch, written_back_reap
 from fhirai.routing.jobs import job_retry, jobs_redispatch_stalled, study_route
 from fhirai.routing.models import InferenceJob, JobState
 from fhirai.routing.priors import priors_sweep
@@ -39,6 +39,7 @@ def pipeline_sweep() -> dict[str, int]:
     counts["priors_swept"] = priors_sweep()
     counts["commitments_expired"] = commitments_expire()
     counts["deliveries_dispatched"] = _deliveries_dispatch()
+    counts["written_back_reaped"] = written_back_reap()
     counts["messages_redispatched"] = messages_redispatch_stalled()
     counts["app_acks_dispatched"] = app_acks_due()
     counts["reports_redispatched"] = reports_redispatch_stalled()

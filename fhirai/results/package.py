@@ -58,6 +58,9 @@ class ReportPackage:
     order: OrderPart
     observations: list[ObservationPart] = field(default_factory=list)
     ai_generated: bool = False  # tagged AIAST: the destination is told it is not clinician-reviewed
+    # The message ID a sender puts on the wire (HL7 MSH-10): one per delivery, the same on every
+    # attempt, so a receiver that got an attempt whose answer was lost discards the resend.
+    message_id: str = ""
 
 
 def report_package(report: FhirResource) -> ReportPackage:

@@ -12,13 +12,14 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Any, Protocol
 from urllib.parse import quote
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import F
 from django.utils import timezone
 from django.utils.module_loading import import_string
 
@@ -151,6 +152,13 @@ def report_dicom_objects(report: FhirResource) -> list[bytes]:
     return []
 
 
+def delivery_message_id(delivery: Delivery) -> str:
+    """The wire message ID of a delivery (HL7 MSH-10, at most 20 characters): fixed per delivery,
+    so a resend after a lost answer, a timeout or a killed worker repeats it and the receiver can
+    recognise the duplicate (a fresh ID per attempt would make it file the result twice)."""
+    return f"FAD{delivery.pk}"
+
+
 def _send(delivery: Delivery) -> Outcome:
     destination, report = delivery.destination, delivery.report
     if destination == FHIR_UPSTREAM:
@@ -160,7 +168,8 @@ def _send(delivery: Delivery) -> Outcome:
         return Outcome(200 <= reply.status < 300, reply.status, reply.body, reply_summary(reply))
     if destination.startswith(MLLP_PREFIX):
         sender: ResultSender = import_string(settings.FHIRAI_HL7_SENDER)
-        return sender(destination[len(MLLP_PREFIX) :], report_package(report))
+        package = replace(report_package(report), message_id=delivery_message_id(delivery))
+        return sender(destination[len(MLLP_PREFIX) :], package)
     if destination.startswith(DICOM_PREFIX):
         peer = destination[len(DICOM_PREFIX) :]
         aet, host, port = pacs_peer(peer)
@@ -235,6 +244,11 @@ def delivery_attempt(delivery_id: int) -> None:
         return
     answer = outcome.summary or outcome.reply[:120]
     with transaction.atomic():
+        if delivery.study_id is not None:
+            # The study's last delivery moves it to written_back. Two destinations finishing at the
+            # same moment (two workers) would each see the other still sending and neither would
+            # move it: the study row's lock makes the second wait and then see the first.
+            list(Study.objects.select_for_update().filter(pk=delivery.study_id).values_list("pk", flat=True))
         _attempt_record(
             delivery,
             attempts,
@@ -269,6 +283,33 @@ def delivery_attempt(delivery_id: int) -> None:
                 event=Event.WRITTEN_BACK,
                 detail=detail,
             )
+
+
+def written_back_reap() -> int:
+    """Studies left in reported although every delivery of their current report versions was
+    delivered (a state move lost to a race or a crash between the two): moved to written_back."""
+    cutoff = timezone.now() - timedelta(seconds=settings.FHIRAI_STALL_SECONDS)
+    count = 0
+    for study_id in Study.objects.filter(state=StudyState.REPORTED, state_changed_at__lte=cutoff).values_list(
+        "pk", flat=True
+    )[:200]:
+        current = Delivery.objects.filter(study_id=study_id, report_version=F("report__version_id"))
+        if not current.exists() or current.exclude(state=DeliveryState.DELIVERED).exists():
+            continue
+        with transaction.atomic():
+            list(Study.objects.select_for_update().filter(pk=study_id).values_list("pk", flat=True))
+            if current.exclude(state=DeliveryState.DELIVERED).exists():
+                continue
+            count += bool(
+                study_transition(
+                    study_id,
+                    from_states=[StudyState.REPORTED],
+                    to=StudyState.WRITTEN_BACK,
+                    event=Event.WRITTEN_BACK,
+                    detail="every destination has the report (state move recovered by the sweep)",
+                )
+            )
+    return count
 
 
 def _attempt_record(

@@ -85,7 +85,7 @@ def oru_build(package: ReportPackage, *, peer: str) -> str:
                 now,
                 "",
                 "ORU^R01^ORU_R01",
-                ack.control_id(),
+                package.message_id or ack.control_id(),
                 "P",
                 "2.5.1",
                 "",

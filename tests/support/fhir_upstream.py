@@ -5,8 +5,8 @@ from outside the package registries this machine reaches. This one implements ex
 fhirai's writer relies on, by the R4 spec: POST of a transaction Bundle at the base, processed
 atomically, with conditional updates (`PUT Type?identifier=system|value`, R4 3.1.0.4.3) and
 `ifNoneExist` conditional creates on `identifier=system|value` and `_tag=system|code` (R4 3.1.0.8.1), urn:uuid fullUrls resolved in references, and a
-transaction-response Bundle; plus GET search by identifier. It can be told to fail (503) or to
-refuse (422) so retries and visible failures can be tested, to answer 401 to given bearer tokens
+transaction-response Bundle; plus GET search by identifier. It can be told to fail (503), to hang
+(apply a transaction only after the client has timed out), or to refuse (422) so retries and visible failures can be tested, to answer 401 to given bearer tokens
 (revoked), and to publish a SMART configuration (`/.well-known/smart-configuration`, 404 when
 none) for SMART Backend Services discovery."""
 
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -26,6 +27,9 @@ class UpstreamState:
     def __init__(self) -> None:
         self.resources: dict[str, dict[str, dict[str, Any]]] = {}
         self.fail_with: int | None = None
+        # Hang: hold each POST this long before handling it as usual, so the client has given up
+        # (timed out) by the time its transaction is applied, and its retry arrives as well.
+        self.hang_seconds = 0.0
         self.requests = 0
         self.writes = 0  # resources created or updated
         self.auth_headers: list[str] = []
@@ -86,6 +90,8 @@ def _handler(state: UpstreamState) -> type[BaseHTTPRequestHandler]:
         def do_POST(self) -> None:  # noqa: N802
             length = int(self.headers.get("Content-Length", 0))
             bundle = json.loads(self.rfile.read(length))
+            if state.hang_seconds:
+                time.sleep(state.hang_seconds)
             with state.lock:
                 state.requests += 1
                 state.auth_headers.append(self.headers.get("Authorization", ""))

@@ -1,5 +1,6 @@
 """An EHR-side MLLP receiver for tests, on a real socket: records every message and answers with
-the MSA-1 it is told to (AA by default, or AE/AR), or not at all (to test timeouts)."""
+the MSA-1 it is told to (AA by default, or AE/AR), or not at all ("silent": to test timeouts), or
+closes the connection on each message without answering ("close": a peer that crashes)."""
 
 from __future__ import annotations
 
@@ -25,6 +26,8 @@ class MllpPeer:
                     for frame in framer.feed(data):
                         text = frame.payload.decode("utf-8")
                         peer.messages.append(text)
+                        if peer.answer == "close":
+                            return
                         if peer.answer == "silent" or text.split("|", 9)[8].startswith("ACK"):
                             continue  # an application ACK is not acknowledged (it says MSH-15/16 NE)
                         control = text.split("\r", 1)[0].split("|")[9]

@@ -71,3 +71,18 @@ def test_a_silent_or_absent_peer_is_retried(reported):
     delivery.refresh_from_db()
     assert delivery.state == DeliveryState.PENDING and delivery.attempts == 1
     assert Study.objects.get().state == StudyState.REPORTED
+
+
+def test_a_resend_repeats_the_message_id_so_the_ehr_can_discard_it(reported):
+    """Found by the fault suite: each attempt built its ORU with a fresh MSH-10, so an EHR whose
+    answer was lost (a timeout, a killed worker) received the same result twice under two IDs."""
+    with MllpPeer(answer="silent") as peer:
+        delivery = reported(peer.port)
+        delivery_attempt(delivery.pk)  # no answer: the delivery stays pending
+        peer.answer = "AA"
+        Delivery.objects.filter(pk=delivery.pk).update(next_attempt_at=delivery.created_at)
+        delivery_attempt(delivery.pk)
+        ids = [peer.segments(i)["MSH"][0][9] for i in range(len(peer.messages))]
+    delivery.refresh_from_db()
+    assert delivery.state == DeliveryState.DELIVERED
+    assert len(ids) == 2 and ids[0] == ids[1] == f"FAD{delivery.pk}"
