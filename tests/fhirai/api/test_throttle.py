@@ -150,3 +150,43 @@ def test_a_nul_in_the_user_name_is_a_failed_login_not_an_error(olga):
 def test_the_admin_login_goes_through_the_throttled_console_login(client):
     response = client.get("/admin/login/?next=/admin/")
     assert response.status_code == 302 and response["Location"] == "/login/?next=/admin/"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_failures_in_another_process_count_here(tmp_path):
+    """Another web process (a fresh interpreter on the same database) fails five times; this one
+    then refuses the right password: the count lives in the database, not in a process."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from django.db import connection
+
+    User.objects.create_user("olga", password=PASSWORD)
+    db = connection.settings_dict
+    url = f"postgres://{db['USER']}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
+    code = (
+        "import django; django.setup()\n"
+        "from django.test import Client\n"
+        "print([Client(REMOTE_ADDR='10.0.0.7').post('/login/', {'username': 'olga', "
+        f"'password': {WRONG!r}}}).status_code for _ in range(5)])\n"
+    )
+    env = os.environ | {
+        "DJANGO_SETTINGS_MODULE": "tests.settings",
+        "DATABASE_URL": url,
+        "FHIRAI_DATA_DIR": str(tmp_path),
+        "FHIRAI_ALLOWED_HOSTS": "testserver",
+        "FHIRAI_LOGIN_MAX_FAILURES": "5",
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=Path(__file__).resolve().parents[3],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().splitlines()[-1] == "[200, 200, 200, 200, 429]"
+    assert attempt(PASSWORD, address="10.0.0.99").status_code == 429
