@@ -190,3 +190,17 @@ def test_failures_in_another_process_count_here(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip().splitlines()[-1] == "[200, 200, 200, 200, 429]"
     assert attempt(PASSWORD, address="10.0.0.99").status_code == 429
+
+
+def test_the_auditor_reads_the_failures_and_the_lockout_in_the_console(olga):
+    for _ in range(5):
+        attempt(WRONG)
+    auditor = User.objects.create_user("audrey", password=PASSWORD)
+    auditor.groups.add(Group.objects.get_or_create(name="auditor")[0])
+    client = Client()
+    assert client.login(username="audrey", password=PASSWORD)
+    page = client.get("/audit/?action=login.")
+    assert page.status_code == 200
+    text = page.content.decode()
+    assert "login:olga" in text and "login.locked" in text and text.count("login.failed") >= 5
+    assert WRONG not in text
