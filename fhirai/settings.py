@@ -171,6 +171,7 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "fhirai.security.SecurityHeadersMiddleware",  # CSP and hardening headers on every response
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -235,6 +236,47 @@ AUTH_PASSWORD_VALIDATORS = [
 ]
 LOGIN_URL = "/login/"
 LOGIN_REDIRECT_URL = "/"  # the dashboard, when the login page was opened directly
+
+# --- HTTPS, cookies, sessions (fhirai.security adds the CSP and the other headers) ---------------
+# FHIRAI_HTTPS: browsers reach this site over HTTPS (its own TLS, or a TLS-terminating proxy):
+# cookies are sent over HTTPS only and HSTS tells browsers never to use plain HTTP here.
+FHIRAI_HTTPS = env_bool("FHIRAI_HTTPS", False)
+FHIRAI_HSTS_SECONDS = env_int("FHIRAI_HSTS_SECONDS", 31536000, minimum=0)
+FHIRAI_HSTS_INCLUDE_SUBDOMAINS = env_bool("FHIRAI_HSTS_INCLUDE_SUBDOMAINS", False)
+FHIRAI_SSL_REDIRECT = env_bool("FHIRAI_SSL_REDIRECT", False)
+# Behind a proxy: the proxy's address, for `manage.py http` (waitress takes the client's address and
+# scheme from X-Forwarded-For/-Proto of requests from that address only), and for any WSGI server,
+# the header the proxy always sets to "https" on HTTPS requests (e.g. X-Forwarded-Proto).
+FHIRAI_TRUSTED_PROXY = env_str("FHIRAI_TRUSTED_PROXY")
+FHIRAI_PROXY_SSL_HEADER = env_str("FHIRAI_PROXY_SSL_HEADER")
+if FHIRAI_PROXY_SSL_HEADER:
+    if not re.fullmatch(r"[A-Za-z][A-Za-z0-9-]*", FHIRAI_PROXY_SSL_HEADER):
+        raise ImproperlyConfigured(
+            f"FHIRAI_PROXY_SSL_HEADER must be a header name, got {FHIRAI_PROXY_SSL_HEADER!r}"
+        )
+    SECURE_PROXY_SSL_HEADER = ("HTTP_" + FHIRAI_PROXY_SSL_HEADER.upper().replace("-", "_"), "https")
+if (FHIRAI_SSL_REDIRECT or FHIRAI_PROXY_SSL_HEADER) and not FHIRAI_HTTPS:
+    raise ImproperlyConfigured("FHIRAI_SSL_REDIRECT and FHIRAI_PROXY_SSL_HEADER need FHIRAI_HTTPS=true")
+SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = FHIRAI_HTTPS
+SECURE_HSTS_SECONDS = FHIRAI_HSTS_SECONDS if FHIRAI_HTTPS else 0
+SECURE_HSTS_INCLUDE_SUBDOMAINS = FHIRAI_HSTS_INCLUDE_SUBDOMAINS
+SECURE_SSL_REDIRECT = FHIRAI_SSL_REDIRECT
+SESSION_COOKIE_HTTPONLY = True
+SESSION_COOKIE_SAMESITE = CSRF_COOKIE_SAMESITE = "Lax"
+# A console login lasts a working shift at most, then asks again.
+FHIRAI_SESSION_SECONDS = env_int("FHIRAI_SESSION_SECONDS", 8 * 3600, minimum=60)
+SESSION_COOKIE_AGE = FHIRAI_SESSION_SECONDS
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+SECURE_CROSS_ORIGIN_OPENER_POLICY = "same-origin"
+X_FRAME_OPTIONS = "DENY"
+# Console login throttling (fhirai.api.throttle; attempts are rows, so every web process agrees):
+# after this many failures for one user name, or from one client address, within the window,
+# further attempts are refused (HTTP 429) until the window has passed since the failures.
+FHIRAI_LOGIN_MAX_FAILURES = env_int("FHIRAI_LOGIN_MAX_FAILURES", 5, minimum=1)
+# Higher by default: a ward's workstations often share one address (NAT, a proxy).
+FHIRAI_LOGIN_MAX_FAILURES_PER_ADDRESS = env_int("FHIRAI_LOGIN_MAX_FAILURES_PER_ADDRESS", 20, minimum=1)
+FHIRAI_LOGIN_WINDOW_SECONDS = env_int("FHIRAI_LOGIN_WINDOW_SECONDS", 900, minimum=1)
 
 # --- listeners (DESIGN.md public contract) -----------------------------------------------------
 FHIRAI_BIND_ADDRESS = env_str("FHIRAI_BIND_ADDRESS", "127.0.0.1")

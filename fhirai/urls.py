@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from django.contrib import admin
 from django.urls import include, path
+from django.views.generic import RedirectView
 
 from fhirai.api.views import api
 from fhirai.ui import views as ui
@@ -23,6 +24,8 @@ urlpatterns = [
     path("hooks/<str:source>", hooks.hook, name="hook"),
     path("api/", api.urls),
     path("healthz", ui.healthz, name="healthz"),
+    # The admin's own login form would bypass the console's throttled one: send it there (with ?next=).
+    path("admin/login/", RedirectView.as_view(url="/login/", query_string=True)),
     path("admin/", admin.site.urls),
     path("", include("fhirai.ui.urls")),
 ]

@@ -103,7 +103,7 @@ class Heartbeat:
     def run(self) -> None:
         try:
             worker_status_prune(older_than=timezone.now() - PRUNE_AFTER)
-        except Exception:  # noqa: BLE001, S110 - housekeeping only
+        except Exception:  # noqa: BLE001, S110  # nosec B110  # housekeeping only: the next start prunes again
             pass
         self.beat()
         while not self.stop.wait(HEARTBEAT_SECONDS):
@@ -121,7 +121,7 @@ class Heartbeat:
         def delete() -> None:
             try:
                 worker_status_forget(self.hostname, pid=self.pid)
-            except Exception:  # noqa: BLE001, S110 - the row goes stale instead
+            except Exception:  # noqa: BLE001, S110  # nosec B110  # the row goes stale instead and is pruned later
                 pass
             finally:
                 _close_if_idle()

@@ -27,3 +27,15 @@ def access_record(
         item_ids=list(ids)[:MAX_IDS],
         detail=detail[:255],
     )
+
+
+def login_record(action: str, *, username: str, detail: str) -> AccessEvent:
+    """Record a console login event (failed, locked, refused) of a user name that has not
+    authenticated: the actor is `login:<name as typed>`, the role empty; never the password."""
+    return AccessEvent.objects.create(
+        at=timezone.now(),
+        actor=f"login:{username.replace(chr(0), '').strip()}"[:160],  # PostgreSQL text holds no NUL
+        role="",
+        action=action[:32],
+        detail=detail[:255],
+    )

@@ -43,3 +43,18 @@ class AccessEvent(models.Model):
 
     class Meta:
         indexes = [models.Index(fields=["at"]), models.Index(fields=["item_kind", "at"])]
+
+
+class LoginFailure(models.Model):
+    """One failed console login, kept for the throttle's window (fhirai.api.throttle). In the
+    database, not in memory, so that every web process counts the same failures. `username` is
+    casefolded; a successful login clears `counts_for_user` on that user's rows (the address's
+    count stays)."""
+
+    at = models.DateTimeField()
+    username = models.CharField(max_length=150)
+    address = models.CharField(max_length=64)
+    counts_for_user = models.BooleanField(default=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["username", "at"]), models.Index(fields=["address", "at"])]

@@ -13,7 +13,7 @@ from django.utils import timezone
 
 from fhirai.api.models import ApiToken, Role
 
-TOKEN_PREFIX = "fhirai"
+TOKEN_PREFIX = "fhirai"  # nosec B105  # the public marker every token starts with, not a secret
 
 
 def _digest(secret: str) -> str:

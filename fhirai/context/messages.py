@@ -96,7 +96,7 @@ def _apply(message: Message, facts: MessageFacts) -> str:
         return f"order {order.pk}" + (f", linked to study {study.pk}" if study else "")
     if facts.kind == "report":
         report = facts.report
-        assert report is not None
+        assert report is not None  # nosec B101  # narrows the type for mypy; under -O the next line fails the same way
         clinical, created = ClinicalReport.objects.get_or_create(
             message=message,
             defaults={

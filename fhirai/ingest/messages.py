@@ -121,7 +121,7 @@ async def messages_receive_async(batch: list[Inbound], conn: psycopg.AsyncConnec
             existing = {}
             if missing:
                 cursor = await conn.execute(
-                    f'SELECT "id", "sender", "control_id" FROM "{Message._meta.db_table}" '
+                    f'SELECT "id", "sender", "control_id" FROM "{Message._meta.db_table}" '  # nosec B608  # quoted table/column names from the models; values are bound parameters
                     'WHERE "sender" = ANY(%s) AND "control_id" = ANY(%s)',
                     ([s for s, _ in missing], [c for _, c in missing]),
                 )
@@ -207,7 +207,7 @@ def _insert_sql(batch: list[Inbound], now: object, quote: Callable[[str], str]) 
             now,
         ]
     sql = (
-        f"INSERT INTO {quote(Message._meta.db_table)} ({', '.join(quote(c) for c in columns)}) "
+        f"INSERT INTO {quote(Message._meta.db_table)} ({', '.join(quote(c) for c in columns)}) "  # nosec B608  # quoted table/column names from the models; values are bound parameters
         f"VALUES {', '.join([row] * len(batch))} "
         f"ON CONFLICT ({quote('sender')}, {quote('control_id')}) DO NOTHING "
         f"RETURNING {quote('id')}, {quote('sender')}, {quote('control_id')}"

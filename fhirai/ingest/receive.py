@@ -259,13 +259,13 @@ def _pg_statements() -> tuple[str, str, tuple[str, ...]]:
     study, instance = quote(Study._meta.db_table), quote(Instance._meta.db_table)
     timeline = quote(TimelineEvent._meta.db_table)
     study_insert = (
-        f"INSERT INTO {study} ({', '.join(quote(c) for c in study_columns)}) "
+        f"INSERT INTO {study} ({', '.join(quote(c) for c in study_columns)}) "  # nosec B608  # quoted table/column names from the models; values are bound parameters
         f"SELECT {', '.join(mark(Study, c) for c in study_columns)} "
         f"WHERE NOT EXISTS (SELECT 1 FROM {study} WHERE study_uid = %s::text) "
         "ON CONFLICT (study_uid) DO NOTHING"
     )
     instance_insert = (
-        f"WITH s AS (SELECT id, state, revision, instance_count, role FROM {study} "
+        f"WITH s AS (SELECT id, state, revision, instance_count, role FROM {study} "  # nosec B608  # quoted table/column names from the models; values are bound parameters
         "WHERE study_uid = %(study_uid)s::text FOR UPDATE), "
         f"i AS (INSERT INTO {instance} (study_id, revision, {', '.join(quote(c) for c in _INSTANCE_COLUMNS)}) "
         "SELECT s.id, CASE WHEN s.state = %(receiving)s::text OR s.role = 'prior' THEN s.revision "
@@ -380,7 +380,7 @@ def _instance_insert(**values: object) -> int | None:
     columns = ", ".join(connection.ops.quote_name(name) for name in values)
     marks = ", ".join(["%s"] * len(values))
     sql = (
-        f"INSERT INTO {connection.ops.quote_name(table)} ({columns}) VALUES ({marks}) "
+        f"INSERT INTO {connection.ops.quote_name(table)} ({columns}) VALUES ({marks}) "  # nosec B608  # quoted table/column names from the models; values are bound parameters
         f"ON CONFLICT ({connection.ops.quote_name('sop_instance_uid')}) DO NOTHING RETURNING id"
     )
     with connection.cursor() as cursor:

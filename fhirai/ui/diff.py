@@ -90,7 +90,7 @@ def _rows(pairs: Iterable[tuple[_Leaf | None, _Leaf | None]], limit: int) -> lis
     rows = []
     for mine, theirs in pairs:
         some = mine or theirs
-        assert some is not None
+        assert some is not None  # nosec B101  # narrows the type for mypy; under -O the next line fails the same way
         raw, deid = (mine.text if mine else ""), (theirs.text if theirs else "")
         if mine is None:
             change = ADDED

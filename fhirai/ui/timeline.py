@@ -10,9 +10,9 @@ from django.utils.safestring import SafeString
 
 
 def timeline_html(steps: Iterable[tuple[str, datetime, str, str]]) -> SafeString:
-    """(event, at, detail, error) rows as escaped HTML lines."""
+    """(event, at, detail, error) rows as escaped HTML lines (the error in italics)."""
     return format_html_join(
         "",
-        "<div>{} &nbsp; <b>{}</b> {} <span style='color:#b00'>{}</span></div>",
+        "<div>{} &nbsp; <b>{}</b> {} <em>{}</em></div>",  # no style attribute: the CSP forbids it
         ((at.isoformat(timespec="milliseconds"), event, detail, error) for event, at, detail, error in steps),
     )

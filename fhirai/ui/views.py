@@ -33,6 +33,14 @@ from django.views.decorators.http import require_POST
 from fhirai.api.access import access_record
 from fhirai.api.auth import PHI_ROLES, Principal, principal_of
 from fhirai.api.models import AccessEvent, Role
+from fhirai.api.throttle import (
+    Lockout,
+    client_address,
+    login_failed,
+    login_lockout,
+    login_refused,
+    login_succeeded,
+)
 from fhirai.audit.timeline import events_for
 from fhirai.context.models import ClinicalReport
 from fhirai.deid.profile import accession_pseudonym, patient_pseudonym
@@ -86,8 +94,40 @@ def healthz(request: HttpRequest) -> HttpResponse:
 
 # --- access --------------------------------------------------------------------------------------
 class LoginView(auth_views.LoginView):
+    """Django's login, throttled (fhirai.api.throttle): while a user name or client address is
+    locked out, an attempt is answered 429 without its password being checked."""
+
     template_name = "console/login.html"
     redirect_authenticated_user = True
+
+    def post(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        username = request.POST.get("username", "")
+        lockout = login_lockout(username=username, address=client_address(request))
+        if lockout is not None:
+            login_refused(username=username, address=client_address(request), lockout=lockout)
+            return self._locked(lockout)
+        return super().post(request, *args, **kwargs)
+
+    def form_valid(self, form: Any) -> HttpResponse:
+        login_succeeded(username=form.get_user().get_username())
+        return super().form_valid(form)
+
+    def form_invalid(self, form: Any) -> HttpResponse:
+        username = self.request.POST.get("username", "")
+        lockout = login_failed(username=username, address=client_address(self.request))
+        if lockout is not None:
+            return self._locked(lockout)
+        return super().form_invalid(form)
+
+    def _locked(self, lockout: Lockout) -> HttpResponse:
+        minutes = max(1, -(-lockout.retry_after // 60))
+        context = self.get_context_data(
+            form=self.get_form_class()(self.request),
+            locked=f"Too many failed logins. Try again in {minutes} minute{'s' if minutes != 1 else ''}.",
+        )
+        response = self.render_to_response(context, status=429)
+        response["Retry-After"] = str(lockout.retry_after)
+        return response
 
 
 class LogoutView(auth_views.LogoutView):

@@ -11,7 +11,7 @@ from django.core.exceptions import ValidationError
 from django.db import models
 
 EVENTS = ("report.created", "item.failed", "item.completed", "delivery.failed")
-SECRET_PREFIX = "whsec_"
+SECRET_PREFIX = "whsec_"  # nosec B105  # the Standard Webhooks marker of a secret, not a secret
 FILTER_KEYS = ("model", "source")
 
 

@@ -98,7 +98,7 @@ def backoff(attempts: int) -> float:
     """Seconds before the next attempt after `attempts` failures: 5, 30, 180, 1080 ... capped at
     FHIRAI_WEBHOOK_BACKOFF_MAX, with jitter."""
     delay = min(settings.FHIRAI_WEBHOOK_BACKOFF_MAX, FIRST_DELAY * GROWTH ** max(0, attempts - 1))
-    return delay * random.uniform(1 - JITTER, 1 + JITTER)
+    return delay * random.uniform(1 - JITTER, 1 + JITTER)  # nosec B311  # retry jitter, not a secret
 
 
 def sender() -> WebhookSender:

@@ -135,14 +135,35 @@ def browser(console: Console) -> Iterator[Any]:
             chromium.close()
 
 
+# Reported to the page's console by every page the browser opens: a CSP refusal raises a
+# securitypolicyviolation event (Playwright's init scripts run outside the page's CSP).
+CSP_WATCH = """
+document.addEventListener("securitypolicyviolation", (e) => console.error(
+  `CSP violation: ${e.violatedDirective} refused ${e.blockedURI || "inline"} at ${e.sourceFile}:${e.lineNumber}`));
+"""
+
+
 class Shots:
-    """Screenshots of each page, numbered in the order visited."""
+    """Screenshots of each page, numbered in the order visited; and the page's CSP violations and
+    script errors (`problems`), which every test asserts empty."""
 
     def __init__(self, page: Any, prefix: str) -> None:
         self.page, self.prefix, self.n = page, prefix, 0
+        self.problems: list[str] = []
+        page.on("console", self._console)
+        page.on("pageerror", lambda error: self.problems.append(f"{page.url}: script error {error}"))
         self.directory = _artifacts()
         for stale in self.directory.glob(f"{prefix}-*.png"):  # a previous run's pages
             stale.unlink()
+
+    def _console(self, message: Any) -> None:
+        text = message.text
+        # An image opened on its own is shown in chromium's own viewer document, whose inline style
+        # the image's CSP refuses (the image still shows): that page is the browser's, not ours.
+        if self.page.url.split("?")[0].endswith(".png"):
+            return
+        if message.type == "error" and ("CSP violation" in text or "Content Security Policy" in text):
+            self.problems.append(f"{self.page.url}: {text}")
 
     def __call__(self, what: str) -> Path:
         self.n += 1
@@ -158,6 +179,7 @@ def _session(
     """Open the console at `first` as a user would: sent to the login page, logged in, sent back."""
     context = browser.new_context(base_url=console.product.http, viewport={"width": 1280, "height": 900})
     context.set_default_timeout(20_000)
+    context.add_init_script(CSP_WATCH)
     page = context.new_page()
     shots = Shots(page, prefix)
     response = page.goto(first)
@@ -255,6 +277,7 @@ def test_operator_finds_the_failed_study_fixes_the_destination_retries_and_it_co
         response = page.goto("/audit/")
         assert response is not None and response.status == 403  # the auditor's page
         shots("audit-forbidden")
+        assert shots.problems == [], shots.problems
     finally:
         context.close()
 
@@ -265,6 +288,7 @@ def test_operator_finds_the_failed_study_fixes_the_destination_retries_and_it_co
             assert action in log, log[:3000]
         assert "user:olga" in log
         shots("audit")
+        assert shots.problems == []
     finally:
         context.close()
 
@@ -314,5 +338,39 @@ def test_a_viewer_sees_no_patient_name_mrn_or_accession_on_any_page(browser, con
         for path, what in (("/config/", "config"), ("/webhooks/", "webhooks"), ("/audit/", "audit")):
             visit(path, f"{what}-forbidden", status=403)
             assert "Not allowed" in page.locator("h1").inner_text()
+        assert shots.problems == [], shots.problems
+    finally:
+        context.close()
+
+
+def test_pages_with_script_run_under_the_csp_and_the_headers_are_there(browser, console):
+    """The API's Swagger UI (the one page with JavaScript) works under the CSP; a page that breaks
+    the policy is reported (the watch itself works); every response carries the headers."""
+    context, page, shots = _session(browser, console, "olga", "operator-csp")
+    try:
+        headers = page.goto("/api/docs").headers  # type: ignore[union-attr]
+        assert "script-src 'self'" in headers["content-security-policy"]
+        assert headers["x-frame-options"] == "DENY" and headers["x-content-type-options"] == "nosniff"
+        page.locator(".swagger-ui .info .title").wait_for()
+        assert "fhirai" in page.locator(".swagger-ui .info .title").inner_text().lower()
+        page.locator(".opblock-summary-path", has_text="/api/studies").first.wait_for()
+        shots("api-docs")
+        for path in (
+            "/",
+            "/items/?kind=study",
+            f"/items/study/{console.study_id}/",
+            "/config/",
+            "/webhooks/",
+        ):
+            _ok(page.goto(path))
+        assert shots.problems == [], shots.problems
+        # The watch reports a violation: an inline script added to a console page is refused.
+        page.evaluate(
+            "() => { const s = document.createElement('script'); s.textContent = 'window.ran = 1';"
+            " document.body.appendChild(s); }"
+        )
+        page.wait_for_timeout(300)
+        assert page.evaluate("() => window.ran") is None
+        assert any("script-src" in p for p in shots.problems), shots.problems
     finally:
         context.close()

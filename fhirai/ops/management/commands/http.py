@@ -34,7 +34,21 @@ def http_serve() -> None:
         threads=settings.FHIRAI_HTTP_THREADS,
         ident="fhirai",
         clear_untrusted_proxy_headers=True,
+        **proxy_options(),
     )
+
+
+def proxy_options() -> dict[str, Any]:
+    """With FHIRAI_TRUSTED_PROXY, requests from that address take the client's address and scheme
+    from X-Forwarded-For and X-Forwarded-Proto (the login throttle counts per client, HTTPS is
+    seen as HTTPS); from any other address those headers are removed."""
+    if not settings.FHIRAI_TRUSTED_PROXY:
+        return {}
+    return {
+        "trusted_proxy": settings.FHIRAI_TRUSTED_PROXY,
+        "trusted_proxy_count": 1,
+        "trusted_proxy_headers": {"x-forwarded-for", "x-forwarded-proto"},
+    }
 
 
 def servers_run(count: int) -> None:
