@@ -34,6 +34,13 @@ class Principal:
         return self.role in PHI_ROLES
 
 
+def fhir_roles(rtype: str | None) -> tuple[str, ...]:
+    """The roles that may use the FHIR facade for a resource type (None: the base endpoint and
+    system-wide history): the audit trail for admin and auditor; every other type holds identified
+    data, for admin and operator (a viewer's console shows de-identified data only)."""
+    return (Role.ADMIN, Role.AUDITOR) if rtype == "AuditEvent" else PHI_ROLES
+
+
 def bearer(request: HttpRequest) -> str | None:
     """The Bearer token of the request, '' for a malformed Authorization header, None for none."""
     header = request.headers.get("Authorization", "")

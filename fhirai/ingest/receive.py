@@ -148,6 +148,11 @@ def instance_receive(
             role=role,
         )
     except DatabaseError as exc:
+        # A listener keeps its connection across items (a DICOM association may carry thousands):
+        # drop a broken one now, so the next item reconnects once the database is back instead of
+        # failing on the dead connection for the rest of the association (the fault suite's find).
+        if not connection.in_atomic_block:
+            connection.close()
         raise Unavailable(f"database: {type(exc).__name__}") from exc
 
 

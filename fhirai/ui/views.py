@@ -647,6 +647,9 @@ def report_retry(request: HttpRequest, report_id: int) -> HttpResponse:
 @require_POST
 @console()
 def delivery_retry(request: HttpRequest, delivery_id: int) -> HttpResponse:
+    principal: Principal = request.principal  # type: ignore[attr-defined]
+    if principal.role not in PHI_ROLES:  # before the lookup: a refused role learns nothing of the ids
+        return _forbidden(request, principal, f"the {principal.role} role may not retry, replay or configure")
     delivery = get_object_or_404(Delivery, pk=delivery_id)
     if delivery.study_id:
         back = reverse("console:study", args=[delivery.study_id])

@@ -16,6 +16,7 @@ NOT_SUPPORTED = ("not-supported", 400)
 UNKNOWN_TYPE = ("not-supported", 404)  # R4 http.html: 404 for a resource type not supported
 NOT_ACCEPTABLE = ("not-supported", 406)
 METHOD_NOT_ALLOWED = ("not-supported", 405)
+FORBIDDEN = ("forbidden", 403)
 TRANSIENT = ("transient", 503)
 EXCEPTION = ("exception", 500)
 

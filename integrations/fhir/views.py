@@ -18,6 +18,8 @@ from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 
 from fhirai import errors
+from fhirai.api.access import access_record
+from fhirai.api.auth import Principal, fhir_roles, principal_of
 from fhirai.audit.fhir import audit_event, audit_search
 from fhirai.audit.models import TimelineEvent
 from fhirai.results.models import FhirResource, FhirVersion
@@ -466,3 +468,53 @@ def _not_allowed(request: HttpRequest, message: str) -> HttpResponse:
 
 def _write(view: Callable[..., HttpResponse], request: HttpRequest, *args: Any) -> HttpResponse:
     return negotiated(view)(request, *args)
+
+
+# --- who may use the facade ------------------------------------------------------------------------
+
+
+def guarded(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
+    """Roles (fhirai.api.auth.fhir_roles) on every FHIR interaction but the CapabilityStatement:
+    a caller without the role gets 403 with an OperationOutcome; every interaction that answers
+    2xx leaves an access record (who, role, interaction, type; never the search values, which can
+    be identifiers). Without credentials the facade is open only when FHIRAI_REQUIRE_TOKENS is off
+    (the middleware answers 401 otherwise); such calls are recorded as anonymous."""
+
+    @csrf_exempt
+    @wraps(view)
+    def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        rtype = kwargs.get("rtype")
+        principal = principal_of(request)
+        if principal is not None and principal.role not in fhir_roles(rtype):
+            return negotiated(_forbidden)(request, principal.role, rtype)
+        response = view(request, *args, **kwargs)
+        if 200 <= response.status_code < 300:
+            caller = principal or Principal(
+                name=f"anonymous@{request.META.get('REMOTE_ADDR', '?')}", role="anonymous", via="none"
+            )
+            searched = request.method == "POST" and request.path.endswith("/_search")
+            if "_history" in request.path:
+                action = "history"
+            elif request.method in ("POST", "PUT") and not searched:
+                action = "write"
+            elif searched or "rid" not in kwargs:
+                action = "search"
+            else:
+                action = "read"
+            where = "/".join(str(p) for p in (rtype or "", kwargs.get("rid") or "") if p)
+            params = ",".join(sorted({k for k in request.GET if not k.startswith("_")}))
+            access_record(
+                caller,
+                f"fhir.{action}",
+                kind="fhir",
+                detail=f"{request.method} /fhir/{where}" + (f" by {params}" if params else ""),
+            )
+        return response
+
+    return wrapper
+
+
+def _forbidden(request: HttpRequest, role: str, rtype: str | None) -> HttpResponse:
+    allowed = " or ".join(fhir_roles(rtype))
+    what = f"{rtype} resources" if rtype else "this endpoint"
+    return outcome.outcome(outcome.FORBIDDEN, f"the {role} role may not use {what} (needs {allowed})")

@@ -109,3 +109,24 @@ def test_a_calling_ae_not_allowed_is_rejected_and_an_allowed_one_gets_in(scp, se
     assoc = _assoc(scp, Verification)
     assert assoc.send_c_echo().Status == status.SUCCESS
     assoc.release()
+
+
+def test_a_lost_database_connection_is_replaced_within_the_association(scp, phantom, blob_dir):
+    """Found by the fault suite: after PostgreSQL restarted, an association kept answering A700
+    on its dead connection for as long as the modality kept it open."""
+    from django.db import connection
+
+    assoc = _assoc(scp, CTImageStorage)
+    first, second, third = (dcmread(BytesIO(raw)) for raw in phantom.files[:3])
+    assert assoc.send_c_store(first).Status == status.SUCCESS
+    with connection.cursor() as cursor:  # what a database restart does to the SCP's connection
+        cursor.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+    answers = [assoc.send_c_store(ds).Status for ds in (second, third)]
+    assoc.release()
+    # The first C-STORE after the loss may meet the dead connection (A700, the modality resends);
+    # by the next one the SCP has reconnected.
+    assert answers[-1] == status.SUCCESS and set(answers) <= {status.SUCCESS, status.OUT_OF_RESOURCES}
+    assert Instance.objects.filter(sop_instance_uid=third.SOPInstanceUID).exists()
