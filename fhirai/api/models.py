@@ -40,6 +40,11 @@ class AccessEvent(models.Model):
     item_kind = models.CharField(max_length=16, blank=True, default="")
     item_ids = models.JSONField(default=list)
     detail = models.CharField(max_length=255, blank=True, default="")
+    # Tamper evidence: each row's SHA-256 over its own fields and the previous row's hash (a chain
+    # in id order, appended under a lock); `python manage.py audit_verify` recomputes it. On
+    # PostgreSQL a trigger also refuses UPDATE and DELETE (append-only).
+    prev_hash = models.CharField(max_length=64, blank=True, default="", db_default="")
+    hash = models.CharField(max_length=64, blank=True, default="", db_default="")
 
     class Meta:
         indexes = [models.Index(fields=["at"]), models.Index(fields=["item_kind", "at"])]

@@ -20,8 +20,7 @@ from django.views.decorators.csrf import csrf_exempt
 from fhirai import errors
 from fhirai.api.access import access_record
 from fhirai.api.auth import Principal, fhir_roles, principal_of
-from fhirai.audit.fhir import audit_event, audit_search
-from fhirai.audit.models import TimelineEvent
+from fhirai.audit.fhir import audit_lookup, audit_page
 from fhirai.results.models import FhirResource, FhirVersion
 from fhirai.results.searchparams import BY_NAME, PARAMS, Param, reference_normalize, values
 from fhirai.results.store import (
@@ -186,10 +185,10 @@ def metadata(request: HttpRequest) -> HttpResponse:
 def read(request: HttpRequest, rtype: str, rid: str) -> HttpResponse:
     """GET /fhir/{type}/{id}."""
     if rtype == "AuditEvent":
-        event = TimelineEvent.objects.filter(pk=int(rid) if rid.isdigit() else -1).first()
-        if event is None:
+        found = audit_lookup(rid)
+        if found is None:
             raise errors.NotFound(f"AuditEvent/{rid} is not known")
-        return _resource_response(audit_event(event), 1, event.at)
+        return _resource_response(found[0], 1, found[1])
     row = resource_read(rtype, rid)
     return _resource_response(row.content, row.version_id, row.last_updated)
 
@@ -333,12 +332,12 @@ def _audit_page(criteria: list[list[Any]], count: int, offset: int) -> tuple[int
             subtypes = [c.value for c in alternatives]
         elif first.param == "outcome":
             outcomes = [c.value for c in alternatives]
-    qs = audit_search(ids=ids, subtypes=subtypes, outcomes=outcomes, recorded=recorded)
-    total = qs.count()
-    page = list(qs[offset : offset + count])
+    total, resources = audit_page(
+        ids=ids, subtypes=subtypes, outcomes=outcomes, recorded=recorded, count=count, offset=offset
+    )
     entries = [
-        {"fullUrl": f"{_base()}/AuditEvent/{e.pk}", "resource": audit_event(e), "search": {"mode": "match"}}
-        for e in page
+        {"fullUrl": f"{_base()}/AuditEvent/{r['id']}", "resource": r, "search": {"mode": "match"}}
+        for r in resources
     ]
     return total, entries
 

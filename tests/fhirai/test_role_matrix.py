@@ -350,3 +350,27 @@ def test_identified_data_only_for_the_roles_that_see_it_and_each_view_is_recorde
     else:
         assert not shown, f"identified data shown to {role} in {shown}"
         assert recorded == 0
+
+
+def test_each_view_of_identified_data_is_an_audit_event_at_fhir_auditevent(world):
+    client, headers = token_client("operator")
+    assert client.get(f"/api/studies/{world['study'].pk}", headers=headers).status_code == 200
+    assert client.get(f"/fhir/Patient?identifier={MRN}", headers=headers).status_code == 200
+    auditor, auditor_headers = token_client("auditor")
+    found = auditor.get("/fhir/AuditEvent?subtype=read,search-type", headers=auditor_headers).json()
+    mine = [
+        e["resource"]
+        for e in found["entry"]
+        if e["resource"]["agent"][0]["who"].get("identifier", {}).get("value") == "token:matrix-operator"
+    ]
+    actions = {r["subtype"][1]["code"]: r for r in mine}
+    assert {"study.view", "fhir.search"} <= set(actions)
+    view = actions["study.view"]
+    assert view["action"] == "R" and view["subtype"][0]["code"] == "read"
+    assert view["entity"][0]["what"]["identifier"]["value"] == str(world["study"].pk)
+    assert len(view["entity"][0]["detail"][0]["valueString"]) == 64  # its hash-chain link
+    search = actions["fhir.search"]
+    assert search["action"] == "E" and search["subtype"][0]["code"] == "search-type"
+    assert MRN not in json.dumps(mine)  # the searched value is never in the trail
+    one = auditor.get(f"/fhir/AuditEvent/{view['id']}", headers=auditor_headers)
+    assert one.status_code == 200 and one.json()["id"] == view["id"]
