@@ -517,6 +517,16 @@ FHIRAI_REQUIRE_TOKENS = env_bool("FHIRAI_REQUIRE_TOKENS", False)
 
 # --- webhooks (fhirai/webhooks: outbox; integrations/webhooks: Standard Webhooks wire format) ----
 FHIRAI_WEBHOOK_SENDER = env_str("FHIRAI_WEBHOOK_SENDER", "integrations.webhooks.sender.http_send")
+# --- audit forwarding (fhirai/audit/forward.py): the trail to the site's audit repository ----------
+# FHIRAI_AUDIT_SYSLOG: udp://HOST:PORT (RFC 5426), tcp://HOST:PORT (RFC 6587 octet counting) or
+# tls://HOST:PORT (RFC 5425; FHIRAI_AUDIT_SYSLOG_CA verifies the collector); empty: not forwarded.
+FHIRAI_AUDIT_SYSLOG = env_str("FHIRAI_AUDIT_SYSLOG")
+FHIRAI_AUDIT_SYSLOG_CA = env_str("FHIRAI_AUDIT_SYSLOG_CA")
+FHIRAI_AUDIT_SYSLOG_SENDER = env_str("FHIRAI_AUDIT_SYSLOG_SENDER", "integrations.syslog.syslog_send")
+if FHIRAI_AUDIT_SYSLOG and not re.match(r"^(udp|tcp|tls)://[^/:]+:\d{1,5}$", FHIRAI_AUDIT_SYSLOG):
+    raise ImproperlyConfigured(
+        f"FHIRAI_AUDIT_SYSLOG must be udp://, tcp:// or tls://HOST:PORT, got {FHIRAI_AUDIT_SYSLOG!r}"
+    )
 FHIRAI_WEBHOOK_TIMEOUT = env_float("FHIRAI_WEBHOOK_TIMEOUT", 10.0)
 FHIRAI_WEBHOOK_MAX_ATTEMPTS = env_int("FHIRAI_WEBHOOK_MAX_ATTEMPTS", 10, minimum=1)
 FHIRAI_WEBHOOK_BACKOFF_MAX = env_float("FHIRAI_WEBHOOK_BACKOFF_MAX", 3600.0)

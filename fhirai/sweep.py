@@ -13,6 +13,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from fhirai.assembly.complete import studies_mark_complete
+from fhirai.audit.forward import audit_forward
 from fhirai.audit.timeline import Event, record
 from fhirai.celery import TASK_DEIDENTIFY, dispatch_on_commit
 from fhirai.context.acks import app_acks_due
@@ -44,6 +45,7 @@ def pipeline_sweep() -> dict[str, int]:
     counts["app_acks_dispatched"] = app_acks_due()
     counts["reports_redispatched"] = reports_redispatch_stalled()
     counts["webhooks_dispatched"] = webhooks_sweep()
+    counts["audit_forwarded"] = audit_forward()
     if any(counts.values()):
         log.info("sweep: %s", counts)
     return counts

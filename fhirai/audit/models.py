@@ -24,3 +24,16 @@ class TimelineEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.item_kind}:{self.item_id} {self.event}"
+
+
+class AuditForward(models.Model):
+    """How far the audit trail has been forwarded to the site's audit repository (syslog): the last
+    access record and the last export event sent. One row per destination; the sweep holds its lock
+    while it sends, so several workers never send the same records twice at once."""
+
+    name = models.CharField(max_length=32, unique=True)
+    access_id = models.BigIntegerField(default=0)
+    timeline_id = models.BigIntegerField(default=0)
+    sent = models.BigIntegerField(default=0)
+    last_error = models.CharField(max_length=255, blank=True, default="")
+    updated_at = models.DateTimeField(null=True, blank=True)
