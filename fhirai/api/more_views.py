@@ -28,7 +28,8 @@ from fhirai.api.views import (
     nul_free,
     paged,
 )
-from fhirai.context.models import ClinicalReport
+from fhirai.context.consent import optout_set
+from fhirai.context.models import ClinicalReport, OptOut
 from fhirai.deid.profile import patient_pseudonym
 from fhirai.ingest.models import Rejection, SourceRule
 from fhirai.ingest.sources import DICOM_AE, MLLP_NETWORK, InvalidSource, source_rule_add, source_rule_remove
@@ -183,6 +184,48 @@ def sources_remove(request: HttpRequest, rule_id: int = Path(..., ge=1, le=MAX_I
         raise HttpError(404, f"no source rule {rule_id}")
     access_record(principal, "config.source", kind="config", detail=f"{row} removed")
     return Status(204, None)
+
+
+# --- patients' opt-outs --------------------------------------------------------------------------
+def _optout_out(row: OptOut) -> dict[str, Any]:
+    return {
+        "id": row.pk,
+        "mrn": row.mrn,
+        "mrn_system": row.mrn_system,
+        "source": row.source,
+        "active": row.active,
+        "reference": row.reference,
+        "note": row.note,
+        "updated_at": row.updated_at,
+    }
+
+
+@api.get("/optouts", response={200: list[s.OptOutOut], **ERRORS}, tags=["configuration"])
+def optouts_list(request: HttpRequest) -> list[dict[str, Any]]:
+    """Patients who opted out of AI processing, from every source (identified: admin, operator)."""
+    principal = _caller(request, *PHI_ROLES)
+    rows = list(OptOut.objects.order_by("-updated_at")[:1000])
+    access_record(principal, "optout.list", kind="optout", ids=[r.pk for r in rows], detail="API")
+    return [_optout_out(r) for r in rows]
+
+
+@api.put("/optouts", response={200: s.OptOutOut, **ERRORS}, tags=["configuration"])
+def optout_put(request: HttpRequest, body: s.OptOutIn) -> Any:
+    """Put a patient on the site's opt-out list (or, with `active` false, take them off it): their
+    studies and reports received from now on go to no model, visibly ("skipped: opt-out")."""
+    principal = _caller(request, *PHI_ROLES)
+    row = optout_set(
+        body.mrn,
+        authority=body.authority,
+        source="site",
+        active=body.active,
+        reference=principal.name,
+        note=body.note,
+    )
+    access_record(
+        principal, "config.optout", kind="optout", ids=[row.pk], detail="set" if body.active else "lifted"
+    )
+    return _optout_out(row)
 
 
 # --- webhook subscriptions -----------------------------------------------------------------------

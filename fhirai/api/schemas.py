@@ -312,6 +312,28 @@ class MllpSourceIn(Schema):
     note: str = Field("", max_length=200)
 
 
+class OptOutIn(Schema):
+    """A patient on the site's opt-out list: the MRN (PID-3.1 / PatientID), optionally its assigning
+    authority (PID-3.4 / IssuerOfPatientID); `active` false takes the patient off the list."""
+
+    model_config = ConfigDict(extra="forbid")
+    mrn: str = Field(pattern=r"^[^\x00-\x1f\\^|~&]{1,64}$")
+    authority: str = Field("", pattern=r"^[^\x00-\x1f\\^|~&]{0,64}$")
+    active: bool = True
+    note: str = Field("", max_length=200)
+
+
+class OptOutOut(Schema):
+    id: int
+    mrn: str
+    mrn_system: str
+    source: str
+    active: bool
+    reference: str
+    note: str
+    updated_at: datetime
+
+
 EventName = Literal["report.created", "item.failed", "item.completed", "delivery.failed"]
 SUBSCRIPTION_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
 FilterValue = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.^-]+$")]

@@ -17,6 +17,9 @@ class PatientFacts:
     sex: str = ""  # HL7 table 0001 code
     mrn_system: str = ""  # the identifier system, when the source names one (FHIR)
     resource_id: str = ""  # the FHIR id the source gave this patient (FHIR)
+    # Whether the patient objects to their data being processed: "Y" (opted out), "N" (not, or no
+    # longer), "" (the source does not say). HL7 v2 PD1-12 Protection Indicator.
+    protection: str = ""
 
 
 @dataclass

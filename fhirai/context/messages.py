@@ -15,6 +15,7 @@ from django.utils.module_loading import import_string
 from fhirai.audit.timeline import Event, record
 from fhirai.celery import TASK_MESSAGES_PROCESS, dispatch_on_commit
 from fhirai.context.acks import app_ack_queue
+from fhirai.context.consent import optout_set
 from fhirai.context.facts import MessageFacts, MessageReader
 from fhirai.context.models import ClinicalReport
 from fhirai.context.received import order_received
@@ -85,6 +86,14 @@ def _apply(message: Message, facts: MessageFacts) -> str:
             survivor = patient_merge(facts.patient, prior)
         return f"merged {len(facts.prior_patients)} record(s) into patient {survivor.pk if survivor else '?'}"
     patient = patient_upsert(facts.patient) if facts.patient and facts.patient.mrn else None
+    if patient is not None and facts.patient is not None and facts.patient.protection:
+        optout_set(
+            patient.mrn,
+            system=patient.mrn_system,
+            source="hl7",
+            active=facts.patient.protection == "Y",
+            reference=f"message {message.pk}",
+        )
     if facts.kind == "patient":
         if patient is None:
             raise ValueError("PID-3 carries no patient identifier")

@@ -112,3 +112,25 @@ class ClinicalReport(models.Model):
     def timeline(self) -> tuple[str, int]:
         """Whose timeline its events go on: the message's, or the report's own for FHIR."""
         return ("message", self.message_id) if self.message_id else ("report", self.pk)
+
+
+class OptOut(models.Model):
+    """A patient's objection to AI processing, from one source: the site's own list (console/API),
+    an HL7 v2 ADT's PD1-12 Protection Indicator, or a FHIR Consent. While any source's row is active,
+    that patient's studies and reports are routed to no model (skipped: opt-out, on their timelines),
+    so nothing of theirs is inferred or exported. Identified (the MRN): trusted side only."""
+
+    mrn_system = models.CharField(max_length=255)
+    mrn = models.CharField(max_length=64)
+    source = models.CharField(max_length=16)  # site, hl7, fhir
+    active = models.BooleanField(default=True)
+    reference = models.CharField(max_length=128, blank=True, default="")  # what said so (message, resource)
+    note = models.CharField(max_length=200, blank=True, default="")
+    updated_at = models.DateTimeField()
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["mrn_system", "mrn", "source"], name="optout_source")]
+        indexes = [models.Index(fields=["mrn", "active"])]
+
+    def __str__(self) -> str:
+        return f"opt-out {self.pk} ({self.source})"

@@ -79,6 +79,12 @@ def read_message(raw: bytes, *, codec: str, message_type: str) -> MessageFacts:
     seg = _Segments(text)
     pid = seg.first("PID")
     facts = MessageFacts(kind=kind, patient=_patient(seg, pid, 3) if pid is not None else None)
+    pd1 = seg.first("PD1")
+    if facts.patient is not None and pd1 is not None:
+        # PD1-12 Protection Indicator (HL7 table 0136): Y, the patient's data is to be protected
+        # (fhirai: opted out of AI processing); N, it is not; empty, the message does not say.
+        flag = seg.component(pd1, 12).upper()[:1]
+        facts.patient.protection = flag if flag in ("Y", "N") else ""
     if kind == "merge":
         facts.prior_patients = [
             _identifier_patient(rep)

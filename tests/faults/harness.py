@@ -97,6 +97,10 @@ class Site:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         for name in PROCESS_NAMES:
             self.start(name)
+        self.wait_ready(timeout)
+
+    def wait_ready(self, timeout: float = 120) -> None:
+        """Until every listener answers (a process the last fault restarted may still be starting)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.http_ok() and port_open(self.dicom_port) and port_open(self.mllp_port):

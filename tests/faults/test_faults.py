@@ -101,6 +101,7 @@ def run_faults(root: Path, points: int, seed: int, *, studies: int, messages: in
             thread.join(timeout=180)
         stop.set()
         unsent = [t.name for t in senders if t.is_alive()]
+        site.wait_ready()
         settled = _settle(site, db_url, timeout=240)
         summary = _check(site, db_url, ledger, upstream, peer)
         summary.update(

@@ -68,6 +68,8 @@ API = {
     "GET /api/webhooks/subscriptions": PHI,
     "PUT /api/webhooks/subscriptions/{name}": PHI,
     "DELETE /api/webhooks/subscriptions/{name}": PHI,
+    "GET /api/optouts": PHI,
+    "PUT /api/optouts": PHI,
 }
 API_BODIES = {
     "PATCH /api/models/{model_id}": {"enabled": True},
@@ -77,6 +79,7 @@ API_BODIES = {
     "POST /api/sources/dicom-ae": {"value": "MATRIXSCU"},
     "POST /api/sources/mllp-network": {"value": "127.0.0.1/32"},
     "PUT /api/webhooks/subscriptions/{name}": {"url": "https://example.org/hook", "events": ["item.failed"]},
+    "PUT /api/optouts": {"mrn": "MRN-MATRIX-OPT", "active": False},
 }
 
 # Console: (method, route name) -> roles. GETs are pages, POSTs are actions.

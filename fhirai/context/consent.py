@@ -1,0 +1,58 @@
+"""Patients' opt-outs of AI processing: set from the site's list, HL7 v2 (PD1-12 Protection
+Indicator) or FHIR Consent; asked by routing before a study or report is given to any model."""
+
+from __future__ import annotations
+
+from django.db.models import Q
+from django.utils import timezone
+
+from fhirai.context.models import OptOut
+from fhirai.context.records import mrn_system
+
+SOURCES = ("site", "hl7", "fhir")
+
+
+def optout_set(
+    mrn: str,
+    *,
+    source: str,
+    active: bool,
+    authority: str = "",
+    system: str = "",
+    reference: str = "",
+    note: str = "",
+) -> OptOut:
+    """Record what one source says of a patient (MRN + assigning authority, or an identifier system)."""
+    if source not in SOURCES:
+        raise ValueError(f"unknown opt-out source {source!r}")
+    row, _ = OptOut.objects.update_or_create(
+        mrn_system=system or mrn_system(authority),
+        mrn=mrn,
+        source=source,
+        defaults={
+            "active": active,
+            "reference": reference[:128],
+            "note": note[:200],
+            "updated_at": timezone.now(),
+        },
+    )
+    return row
+
+
+def optout_sources(mrn: str, authority: str = "", *, system: str = "") -> list[str]:
+    """The sources under which this patient has opted out ([] when none). A study's issuer of
+    patient ID selects the identifier system; without one, any system's row for the MRN counts
+    (a patient is never processed against an objection for want of an issuer)."""
+    if not mrn:
+        return []
+    rows = OptOut.objects.filter(mrn=mrn, active=True)
+    if system or authority:
+        rows = rows.filter(
+            Q(mrn_system=system or mrn_system(authority)) | Q(source="site", mrn_system=mrn_system(""))
+        )
+    return sorted(set(rows.values_list("source", flat=True)))
+
+
+def optout_detail(sources: list[str]) -> str:
+    names = {"site": "the site's list", "hl7": "HL7 PD1-12", "fhir": "FHIR Consent"}
+    return "skipped: opt-out (" + ", ".join(names[s] for s in sources) + ")"
