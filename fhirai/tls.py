@@ -10,14 +10,21 @@ from __future__ import annotations
 import ssl
 
 MINIMUM_VERSION = ssl.TLSVersion.TLSv1_2
-# OpenSSL names of the TLS 1.2 suites (RFC 9325 4.2 recommends these four; ChaCha20-Poly1305 is
-# in B.10's list too): TLS_ECDHE_{ECDSA,RSA}_WITH_AES_{128,256}_GCM_SHA{256,384} and
-# TLS_ECDHE_{ECDSA,RSA}_WITH_CHACHA20_POLY1305_SHA256.
-CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:!aNULL:!eNULL:!MD5:!DSS:!PSK:!SRP"
-PROFILE = "BCP 195 (PS3.15 B.9 / B.10 non-downgrading): TLS 1.2+, ECDHE with AES-GCM or ChaCha20-Poly1305"
+# The TLS 1.2 suites, (OpenSSL name, IANA name), in order of preference: RFC 9325 4.2's four
+# recommended suites, then ChaCha20-Poly1305 (also in PS3.15 B.10's list), all ECDHE and AEAD.
+TLS12_SUITES = (
+    ("ECDHE-RSA-AES128-GCM-SHA256", "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256"),
+    ("ECDHE-ECDSA-AES128-GCM-SHA256", "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256"),
+    ("ECDHE-RSA-AES256-GCM-SHA384", "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384"),
+    ("ECDHE-ECDSA-AES256-GCM-SHA384", "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384"),
+    ("ECDHE-RSA-CHACHA20-POLY1305", "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256"),
+    ("ECDHE-ECDSA-CHACHA20-POLY1305", "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256"),
+)
+CIPHERS = ":".join(name for name, _ in TLS12_SUITES)
 
 
 def _harden(context: ssl.SSLContext) -> ssl.SSLContext:
+    """The profile on a context: versions, TLS 1.2 suites, options (the same for server and client)."""
     context.minimum_version = MINIMUM_VERSION
     context.set_ciphers(CIPHERS)
     context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION | ssl.OP_CIPHER_SERVER_PREFERENCE

@@ -29,6 +29,7 @@ from fhirai.ingest.models import Instance, Study
 from fhirai.tls import server_context
 from integrations.dicom import status
 from integrations.dicom.acceptor import tls_accept
+from integrations.dicom.conformance import conformance_statement
 from integrations.dicom.qr import PacsPriors
 from integrations.dicom.scp import server_start, servers_start, tls_context
 from integrations.dicom.scu import echo, objects_send
@@ -344,3 +345,14 @@ def test_priors_are_queried_over_tls(settings, certs):
     finally:
         server.shutdown()
     assert [(c.study_uid, c.body_parts) for c in found] == [("1.2.3.4", ("CHEST",))]
+
+
+def test_the_conformance_statement_says_where_tls_is_served(settings, certs):
+    settings.FHIRAI_DICOM_TLS_CERT, settings.FHIRAI_DICOM_TLS_PORT = str(certs.server_cert), 2762
+    settings.FHIRAI_DICOM_TLS_CA = str(certs.ca)
+    text = conformance_statement()
+    assert "TLS (5.1) on port 2762 (FHIRAI_DICOM_TLS_PORT)" in text
+    assert "Client certificates: required" in text
+    assert (
+        "| B.10 Non-downgrading BCP 195 TLS Secure Transport Connection Profile | Yes (SCP and SCU) |" in text
+    )
