@@ -97,6 +97,7 @@ def tls_accept(
     offers no acceptable version, cipher or certificate, is logged (its address and OpenSSL's
     reason only) and the socket closed; None then. Other associations are not affected."""
     conn.settimeout(timeout)
+    tls: ssl.SSLSocket | None = None
     try:
         tls = context.wrap_socket(conn, server_side=True, do_handshake_on_connect=False)
         tls.do_handshake()
@@ -104,7 +105,7 @@ def tls_accept(
         log.warning(
             "DICOM TLS handshake from %s:%s failed: %s", address[0], address[1], handshake_failure(exc)
         )
-        conn.close()
+        (tls or conn).close()  # once wrapped, the TLS socket holds the descriptor
         return None
     return tls
 
@@ -142,7 +143,8 @@ def _recv_exact(sock: socket.socket, size: int) -> bytearray:
 class Acceptor:
     """A listening socket and one thread per association. serve_forever() accepts until
     shutdown(); shutdown() stops accepting, lets every association finish the message it is in
-    (a C-STORE's Success goes out only after its commit) and closes them."""
+    (a C-STORE's Success goes out only after its commit) and closes them. With `ssl_context`, each
+    connection's TLS handshake (tls_accept) comes first, in its own thread, before it takes a slot."""
 
     def __init__(
         self,
