@@ -240,7 +240,16 @@ LOGIN_REDIRECT_URL = "/"  # the dashboard, when the login page was opened direct
 # --- HTTPS, cookies, sessions (fhirai.security adds the CSP and the other headers) ---------------
 # FHIRAI_HTTPS: browsers reach this site over HTTPS (its own TLS, or a TLS-terminating proxy):
 # cookies are sent over HTTPS only and HSTS tells browsers never to use plain HTTP here.
-FHIRAI_HTTPS = env_bool("FHIRAI_HTTPS", False)
+# FHIRAI_HTTP_TLS_CERT/_KEY: `manage.py http` serves HTTPS itself (cheroot, the fhirai.tls profile)
+# on FHIRAI_HTTP_PORT instead of plain HTTP, for a site without a TLS-terminating proxy; FHIRAI_HTTPS
+# is then on unless set, and setting it false is refused (a session cookie must not leak to HTTP).
+FHIRAI_HTTP_TLS_CERT = env_str("FHIRAI_HTTP_TLS_CERT")
+FHIRAI_HTTP_TLS_KEY = env_str("FHIRAI_HTTP_TLS_KEY")
+if FHIRAI_HTTP_TLS_KEY and not FHIRAI_HTTP_TLS_CERT:
+    raise ImproperlyConfigured("FHIRAI_HTTP_TLS_KEY needs FHIRAI_HTTP_TLS_CERT")
+FHIRAI_HTTPS = env_bool("FHIRAI_HTTPS", bool(FHIRAI_HTTP_TLS_CERT))
+if FHIRAI_HTTP_TLS_CERT and not FHIRAI_HTTPS:
+    raise ImproperlyConfigured("FHIRAI_HTTP_TLS_CERT serves HTTPS: FHIRAI_HTTPS cannot be false with it")
 FHIRAI_HSTS_SECONDS = env_int("FHIRAI_HSTS_SECONDS", 31536000, minimum=0)
 FHIRAI_HSTS_INCLUDE_SUBDOMAINS = env_bool("FHIRAI_HSTS_INCLUDE_SUBDOMAINS", False)
 FHIRAI_SSL_REDIRECT = env_bool("FHIRAI_SSL_REDIRECT", False)
@@ -257,6 +266,10 @@ if FHIRAI_PROXY_SSL_HEADER:
     SECURE_PROXY_SSL_HEADER = ("HTTP_" + FHIRAI_PROXY_SSL_HEADER.upper().replace("-", "_"), "https")
 if (FHIRAI_SSL_REDIRECT or FHIRAI_PROXY_SSL_HEADER) and not FHIRAI_HTTPS:
     raise ImproperlyConfigured("FHIRAI_SSL_REDIRECT and FHIRAI_PROXY_SSL_HEADER need FHIRAI_HTTPS=true")
+if FHIRAI_HTTP_TLS_CERT and FHIRAI_TRUSTED_PROXY:
+    raise ImproperlyConfigured(
+        "FHIRAI_TRUSTED_PROXY is for a TLS-terminating proxy; with FHIRAI_HTTP_TLS_CERT fhirai terminates TLS"
+    )
 SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = FHIRAI_HTTPS
 SECURE_HSTS_SECONDS = FHIRAI_HSTS_SECONDS if FHIRAI_HTTPS else 0
 SECURE_HSTS_INCLUDE_SUBDOMAINS = FHIRAI_HSTS_INCLUDE_SUBDOMAINS
@@ -303,6 +316,20 @@ FHIRAI_DICOM_MAX_ASSOCIATIONS = env_int("FHIRAI_DICOM_MAX_ASSOCIATIONS", 16, min
 FHIRAI_DICOM_ENGINE = env_str("FHIRAI_DICOM_ENGINE", "fhirai")
 if FHIRAI_DICOM_ENGINE not in ("fhirai", "pynetdicom"):
     raise ImproperlyConfigured("FHIRAI_DICOM_ENGINE must be fhirai or pynetdicom")
+# DICOM over TLS (PS3.15 B.9/B.10, the fhirai.tls profile) on the SCP. With a certificate and no
+# FHIRAI_DICOM_TLS_PORT, FHIRAI_DICOM_PORT speaks TLS only; with FHIRAI_DICOM_TLS_PORT (2762 is
+# DICOM's registered TLS port), TLS is served there and plain DICOM stays on FHIRAI_DICOM_PORT.
+# With FHIRAI_DICOM_TLS_CA, senders must present a certificate issued by that CA (mutual TLS).
+FHIRAI_DICOM_TLS_CERT = env_str("FHIRAI_DICOM_TLS_CERT")
+FHIRAI_DICOM_TLS_KEY = env_str("FHIRAI_DICOM_TLS_KEY")
+FHIRAI_DICOM_TLS_CA = env_str("FHIRAI_DICOM_TLS_CA")
+FHIRAI_DICOM_TLS_PORT = env_int("FHIRAI_DICOM_TLS_PORT", 0, minimum=0)
+if (FHIRAI_DICOM_TLS_KEY or FHIRAI_DICOM_TLS_CA or FHIRAI_DICOM_TLS_PORT) and not FHIRAI_DICOM_TLS_CERT:
+    raise ImproperlyConfigured("FHIRAI_DICOM_TLS_KEY, _CA and _PORT need FHIRAI_DICOM_TLS_CERT")
+if FHIRAI_DICOM_TLS_PORT and FHIRAI_DICOM_TLS_PORT == FHIRAI_DICOM_PORT:
+    raise ImproperlyConfigured(
+        "FHIRAI_DICOM_TLS_PORT must differ from FHIRAI_DICOM_PORT (leave it empty instead)"
+    )
 FHIRAI_MLLP_PORT = env_int("FHIRAI_MLLP_PORT", 2575, minimum=1)
 FHIRAI_MLLP_MAX_BYTES = env_int("FHIRAI_MLLP_MAX_BYTES", 10 * 1024 * 1024, minimum=1024)
 FHIRAI_MLLP_ALLOW = [a.strip() for a in env_str("FHIRAI_MLLP_ALLOW").split(",") if a.strip()]
@@ -353,6 +380,17 @@ FHIRAI_STOW_MAX_BYTES = env_int("FHIRAI_STOW_MAX_BYTES", 1024 * 1024 * 1024, min
 FHIRAI_DICOM_SENDER = env_str("FHIRAI_DICOM_SENDER", "integrations.dicom.scu.objects_send")
 FHIRAI_DICOM_ECHO = env_str("FHIRAI_DICOM_ECHO", "integrations.dicom.scu.echo")
 FHIRAI_DICOM_TIMEOUT = env_float("FHIRAI_DICOM_TIMEOUT", 30.0)
+# DICOM over TLS to a PACS (results, storage commitment, priors C-FIND/C-MOVE): FHIRAI_PACS_TLS lists
+# the PACS reached over TLS, each a destination name (FHIRAI_PACS_DESTINATIONS or the console) or
+# HOST:PORT, or `*` for all. Their certificate is verified against FHIRAI_PACS_TLS_CA (else the
+# system's trust store) and their host name; FHIRAI_PACS_TLS_CERT/_KEY is fhirai's client
+# certificate, for a PACS that requires one.
+FHIRAI_PACS_TLS = [p.strip() for p in env_str("FHIRAI_PACS_TLS").split(",") if p.strip()]
+FHIRAI_PACS_TLS_CA = env_str("FHIRAI_PACS_TLS_CA")
+FHIRAI_PACS_TLS_CERT = env_str("FHIRAI_PACS_TLS_CERT")
+FHIRAI_PACS_TLS_KEY = env_str("FHIRAI_PACS_TLS_KEY")
+if FHIRAI_PACS_TLS_KEY and not FHIRAI_PACS_TLS_CERT:
+    raise ImproperlyConfigured("FHIRAI_PACS_TLS_KEY needs FHIRAI_PACS_TLS_CERT")
 # Storage Commitment (Push Model) after each PACS delivery: the PACS confirms, per object, that it
 # took responsibility, by an N-EVENT-REPORT to fhirai's SCP (the PACS must know FHIRAI_DICOM_AE).
 FHIRAI_PACS_COMMITMENT = env_bool("FHIRAI_PACS_COMMITMENT", False)

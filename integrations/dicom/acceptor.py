@@ -17,6 +17,7 @@ import logging
 import multiprocessing
 import selectors
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -40,6 +41,7 @@ from pynetdicom.pdu_primitives import (
 )
 from pynetdicom.presentation import negotiate_as_acceptor
 
+from fhirai.tls import handshake_failure
 from integrations.dicom import pdu
 
 log = logging.getLogger(__name__)
@@ -87,6 +89,27 @@ class Closed(Exception):
     """The peer closed the connection, or it timed out."""
 
 
+def tls_accept(
+    conn: socket.socket, context: ssl.SSLContext, address: tuple[str, int], timeout: float
+) -> ssl.SSLSocket | None:
+    """The server side of the TLS handshake (PS3.15 B.9) on an accepted connection, in that
+    connection's own thread, bounded like ARTIM: a peer that does not finish within `timeout`, or
+    offers no acceptable version, cipher or certificate, is logged (its address and OpenSSL's
+    reason only) and the socket closed; None then. Other associations are not affected."""
+    conn.settimeout(timeout)
+    tls: ssl.SSLSocket | None = None
+    try:
+        tls = context.wrap_socket(conn, server_side=True, do_handshake_on_connect=False)
+        tls.do_handshake()
+    except (OSError, ValueError) as exc:
+        log.warning(
+            "DICOM TLS handshake from %s:%s failed: %s", address[0], address[1], handshake_failure(exc)
+        )
+        (tls or conn).close()  # once wrapped, the TLS socket holds the descriptor
+        return None
+    return tls
+
+
 @dataclass(eq=False)
 class Association:
     """One accepted association's state (PS3.8 9.1: the acceptor's side of the state machine)."""
@@ -120,7 +143,8 @@ def _recv_exact(sock: socket.socket, size: int) -> bytearray:
 class Acceptor:
     """A listening socket and one thread per association. serve_forever() accepts until
     shutdown(); shutdown() stops accepting, lets every association finish the message it is in
-    (a C-STORE's Success goes out only after its commit) and closes them."""
+    (a C-STORE's Success goes out only after its commit) and closes them. With `ssl_context`, each
+    connection's TLS handshake (tls_accept) comes first, in its own thread, before it takes a slot."""
 
     def __init__(
         self,
@@ -132,8 +156,10 @@ class Acceptor:
         calling_allowed: Callable[[], list[str]],
         slots: Slots | None = None,
         event_report: EventReportFn | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.ae = ae
+        self.ssl_context = ssl_context
         self.store = store
         self.event_report = event_report
         self.rejected = rejected
@@ -192,7 +218,9 @@ class Acceptor:
             idle = [a.sock for a in self._associations if a.idle]
         for conn in idle:  # wakes a thread waiting for its next message; one mid-message finishes it
             try:
-                conn.shutdown(socket.SHUT_RD)
+                # the TCP socket's own shutdown: SSLSocket.shutdown() would also drop its TLS state
+                # under the thread reading from it
+                socket.socket.shutdown(conn, socket.SHUT_RD)
             except OSError:
                 pass
         for thread in threads:
@@ -202,6 +230,14 @@ class Acceptor:
 
     # --- one association ------------------------------------------------------------------------
     def _run(self, conn: socket.socket, address: tuple[str, int]) -> None:
+        if self.ssl_context is not None:
+            # Before a slot is taken: a connection is an association only once TLS is up.
+            tls = tls_accept(conn, self.ssl_context, address, self.acse_timeout)
+            if tls is None:
+                with self._lock:
+                    self._active.discard(threading.current_thread())
+                return
+            conn = tls
         assoc = Association(conn, address)
         with self._lock:
             self._associations.add(assoc)
@@ -428,7 +464,14 @@ class Acceptor:
 
 def _close(conn: socket.socket) -> None:
     """Close without a TCP reset: bytes the peer sent that were not read (a PDU refused by its
-    header) would make close() send RST, which can overtake our A-ABORT or A-ASSOCIATE-RJ."""
+    header) would make close() send RST, which can overtake our A-ABORT or A-ASSOCIATE-RJ. Over
+    TLS, a close_notify alert first, so the peer sees an orderly end."""
+    if isinstance(conn, ssl.SSLSocket):
+        try:
+            conn.settimeout(0.5)
+            conn = conn.unwrap()
+        except (OSError, ValueError):
+            pass
     try:
         conn.shutdown(socket.SHUT_WR)
         conn.settimeout(0.5)

@@ -18,6 +18,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     Verification,
 )
 
+from fhirai import tls
 from integrations.dicom import qr, scu, status
 from integrations.dicom.scp import application_entity
 
@@ -43,6 +44,64 @@ def _scu_syntaxes(storage: bool) -> str:
 
 def _uid_name(uid: str) -> str:
     return UID(uid).name if UID(uid).is_valid else uid
+
+
+def _transport() -> list[str]:
+    """Section 2.4: where the SCP speaks TLS, as configured."""
+    if not settings.FHIRAI_DICOM_TLS_CERT:
+        where = (
+            f"Not configured here: DICOM on port {settings.FHIRAI_DICOM_PORT} is plain TCP. TLS (5.1) is"
+            " switched on by FHIRAI_DICOM_TLS_CERT/_KEY: on FHIRAI_DICOM_PORT alone, or on"
+            " FHIRAI_DICOM_TLS_PORT (e.g. 2762) beside the plain port."
+        )
+    elif settings.FHIRAI_DICOM_TLS_PORT:
+        where = (
+            f"TLS (5.1) on port {settings.FHIRAI_DICOM_TLS_PORT} (FHIRAI_DICOM_TLS_PORT); plain TCP on"
+            f" port {settings.FHIRAI_DICOM_PORT} (FHIRAI_DICOM_PORT)."
+        )
+    else:
+        where = f"TLS (5.1) only, on port {settings.FHIRAI_DICOM_PORT} (FHIRAI_DICOM_PORT)."
+    mutual = (
+        "required, from the CA in FHIRAI_DICOM_TLS_CA"
+        if settings.FHIRAI_DICOM_TLS_CA
+        else "not asked for unless FHIRAI_DICOM_TLS_CA is set"
+    )
+    return [
+        "- TCP/IP over IPv4 and IPv6 (FHIRAI_BIND_ADDRESS).",
+        f"- {where}",
+        f"- Client certificates: {mutual}.",
+        "- As an SCU, fhirai uses TLS towards the PACS listed in FHIRAI_PACS_TLS"
+        + (f" (here: {', '.join(settings.FHIRAI_PACS_TLS)})" if settings.FHIRAI_PACS_TLS else " (none here)")
+        + ", verifying the PACS's certificate and host name.",
+    ]
+
+
+def _security_profiles() -> list[str]:
+    """Section 5.1 (PS3.2 A.5): the PS3.15 profiles supported, from fhirai.tls."""
+    return [
+        "### 5.1 Security profiles",
+        "",
+        "| PS3.15 profile | Supported |",
+        "|---|---|",
+        "| B.9 BCP 195 TLS Secure Transport Connection Profile | Yes (SCP and SCU) |",
+        "| B.10 Non-downgrading BCP 195 TLS Secure Transport Connection Profile | Yes (SCP and SCU) |",
+        "| B.11 Extended BCP 195 TLS Profile | No |",
+        "| B.1 Basic TLS, B.3 AES TLS (retired) | No: their TLS 1.0 / CBC suites are refused |",
+        "| E.1 Basic Application Level Confidentiality Profile (with options) | Yes (de-identified copies) |",
+        "",
+        f"TLS versions: {tls.MINIMUM_VERSION.name.replace('v', ' ').replace('_', '.')} and TLS 1.3; an offer of anything",
+        "older fails the handshake. TLS 1.2 cipher suites, in order of preference (each with ECDHE",
+        "key exchange, so forward secrecy, and an AEAD cipher):",
+        "",
+        *[f"- {iana}" for _, iana in tls.TLS12_SUITES],
+        "",
+        "TLS 1.3: OpenSSL's suites (all AEAD with ephemeral keys). No TLS compression, no",
+        "renegotiation. The server certificate is FHIRAI_DICOM_TLS_CERT; with FHIRAI_DICOM_TLS_CA both",
+        "nodes authenticate (mutual TLS). A failed handshake is logged with the peer's address and",
+        "OpenSSL's reason, and must finish within the ARTIM timeout; it does not affect other",
+        "associations.",
+        "",
+    ]
 
 
 def conformance_statement() -> str:
@@ -182,8 +241,7 @@ def conformance_statement() -> str:
         "",
         "### 2.4 Network interfaces",
         "",
-        "TCP/IP over IPv4 and IPv6 (FHIRAI_BIND_ADDRESS). TLS for DIMSE is not offered yet; run the",
-        "listener behind a TLS-terminating proxy or on a trusted network.",
+        *_transport(),
         "",
         "## 3 Media interchange",
         "",
@@ -198,8 +256,10 @@ def conformance_statement() -> str:
         "## 5 Security",
         "",
         "De-identification (PS3.15 Basic Application Level Confidentiality Profile with options) of",
-        "every copy that leaves the trusted side; access audit of identified views.",
+        "every copy that leaves the trusted side; access audit of identified views. Association",
+        "access control: the calling AE title allow-list (2.2.2), and with TLS the client certificate.",
         "",
+        *_security_profiles(),
         "# IHE Integration Statement",
         "",
         "| Integration profile | Actor | Options |",

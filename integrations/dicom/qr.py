@@ -18,6 +18,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 
 from fhirai.errors import Unavailable
 from fhirai.routing.priors import CANDIDATES_CHECKED, Candidate, Moved
+from integrations.dicom.scu import pacs_tls_args
 
 log = logging.getLogger(__name__)
 PENDING = (0xFF00, 0xFF01)
@@ -43,8 +44,12 @@ class PacsPriors:
         ae.dimse_timeout = timeout
         ae.connection_timeout = min(settings.FHIRAI_DICOM_TIMEOUT, 10.0)
         ae.add_requested_context(context)
+        # FHIRAI_PACS_TLS names this PACS by its destination name (when FHIRAI_PRIORS_PACS is one),
+        # by HOST:PORT, or `*`.
+        name = "" if "@" in settings.FHIRAI_PRIORS_PACS else settings.FHIRAI_PRIORS_PACS.strip()
+        tls_args = pacs_tls_args(name, self.host, self.port)
         try:
-            assoc = ae.associate(self.host, self.port, ae_title=self.aet)
+            assoc = ae.associate(self.host, self.port, ae_title=self.aet, tls_args=tls_args)
         except OSError as exc:
             raise Unavailable(
                 f"PACS {self.aet}@{self.host}:{self.port} unreachable: {type(exc).__name__}"

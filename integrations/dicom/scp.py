@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import ssl
 import sys
 import threading
 from typing import Any
@@ -21,7 +22,8 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from fhirai.ingest.receive import input_reject
 from fhirai.ingest.sources import dicom_calling_allowed
-from integrations.dicom.acceptor import Acceptor
+from fhirai.tls import server_context
+from integrations.dicom.acceptor import Acceptor, Slots, tls_accept
 from integrations.dicom.handlers import (
     commitment_answer,
     handle_commitment_report,
@@ -48,12 +50,26 @@ pynetdicom_association.uid_to_service_class = _service_class
 
 class NoDelayServer(ThreadedAssociationServer):
     """pynetdicom leaves Nagle's algorithm on, which stalls each small DIMSE response ~40 ms on
-    loopback and caps a sender near 20 images/s: set TCP_NODELAY on every accepted socket."""
+    loopback and caps a sender near 20 images/s: set TCP_NODELAY on every accepted socket.
+
+    With TLS, pynetdicom would do the handshake in its accept loop, with no timeout: one client
+    that connects and stays silent would stop the SCP accepting anyone. Here the handshake runs in
+    the association's own thread, bounded by the ACSE timeout, and a failure is logged."""
 
     def get_request(self) -> tuple[socket.socket, Any]:
-        sock, address = super().get_request()
+        assert self.socket is not None  # nosec B101  # narrows the type for mypy; under -O the next line fails the same way
+        sock, address = self.socket.accept()  # not super(): that would wrap (and handshake) here
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return sock, address
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        if self.ssl_context is not None:
+            tls = tls_accept(request, self.ssl_context, client_address, float(self.ae.acse_timeout or 30))
+            if tls is None:
+                return
+            tls.settimeout(None)  # as pynetdicom has its accepted sockets: blocking, it polls them
+            request = tls
+        super().finish_request(request, client_address)
 
 
 class FhiraiAE(AE):
@@ -178,12 +194,49 @@ def _event_report(peer: str, info: Dataset) -> int:
     return commitment_answer(info, peer=peer)
 
 
-def server_start(address: tuple[str, int] | None = None) -> ThreadedAssociationServer | Acceptor:
-    """Start serving in background threads; .shutdown() stops accepting and closes the socket.
-    FHIRAI_DICOM_ENGINE picks the upper layer: `fhirai` (integrations.dicom.acceptor, the
-    default) or `pynetdicom` (pynetdicom's own acceptor); both negotiate from the same AE."""
+def tls_context() -> ssl.SSLContext | None:
+    """The SCP's TLS context from FHIRAI_DICOM_TLS_CERT/_KEY/_CA (fhirai.tls: the BCP 195 profile;
+    with the CA, mutual TLS); None when no certificate is configured."""
+    if not settings.FHIRAI_DICOM_TLS_CERT:
+        return None
+    return server_context(
+        settings.FHIRAI_DICOM_TLS_CERT, settings.FHIRAI_DICOM_TLS_KEY, settings.FHIRAI_DICOM_TLS_CA
+    )
+
+
+def servers_start() -> list[ThreadedAssociationServer | Acceptor]:
+    """The listeners the settings ask for, sharing one AE (and so one association limit): plain
+    DICOM on FHIRAI_DICOM_PORT; with a TLS certificate, TLS instead on that port, or, with
+    FHIRAI_DICOM_TLS_PORT, TLS on that port beside the plain one."""
+    host = settings.FHIRAI_BIND_ADDRESS
+    context = tls_context()
+    ae = application_entity()
+    slots = Slots(settings.FHIRAI_DICOM_MAX_ASSOCIATIONS)
+    if context is None or settings.FHIRAI_DICOM_TLS_PORT:
+        listeners = [_listener_start(ae, (host, settings.FHIRAI_DICOM_PORT), None, slots)]
+        if context is not None:
+            listeners.append(_listener_start(ae, (host, settings.FHIRAI_DICOM_TLS_PORT), context, slots))
+        return listeners
+    return [_listener_start(ae, (host, settings.FHIRAI_DICOM_PORT), context, slots)]
+
+
+def server_start(
+    address: tuple[str, int] | None = None, *, ssl_context: ssl.SSLContext | None = None
+) -> ThreadedAssociationServer | Acceptor:
+    """One listener on `address` (default FHIRAI_BIND_ADDRESS:FHIRAI_DICOM_PORT), over TLS with
+    `ssl_context`; .shutdown() stops accepting and closes the socket."""
     ae = application_entity()
     address = address or (settings.FHIRAI_BIND_ADDRESS, settings.FHIRAI_DICOM_PORT)
+    return _listener_start(ae, address, ssl_context, Slots(settings.FHIRAI_DICOM_MAX_ASSOCIATIONS))
+
+
+def _listener_start(
+    ae: AE, address: tuple[str, int], ssl_context: ssl.SSLContext | None, slots: Slots
+) -> ThreadedAssociationServer | Acceptor:
+    """Start serving in background threads.
+    FHIRAI_DICOM_ENGINE picks the upper layer: `fhirai` (integrations.dicom.acceptor, the
+    default) or `pynetdicom` (pynetdicom's own acceptor); both negotiate from the same AE."""
+    transport = " over TLS" if ssl_context is not None else ""
     # The SCP parses headers only to index them. pydicom validates every value it converts
     # (WARN by default): about 1 ms per image here, and its warnings would quote header values
     # (PHI) into the log. Validation on read changes nothing else, so it is off in this process.
@@ -201,9 +254,13 @@ def server_start(address: tuple[str, int] | None = None) -> ThreadedAssociationS
             rejected=_rejected_keep,
             calling_allowed=dicom_calling_allowed,
             event_report=_event_report,
+            slots=slots,
+            ssl_context=ssl_context,
         )
         threading.Thread(target=acceptor.serve_forever, name="dicom-scp", daemon=True).start()
-        log.info("DICOM SCP %s listening on %s:%s (fhirai engine)", settings.FHIRAI_DICOM_AE, *address)
+        log.info(
+            "DICOM SCP %s listening on %s:%s%s (fhirai engine)", settings.FHIRAI_DICOM_AE, *address, transport
+        )
         return acceptor
     handlers = [
         (evt.EVT_C_ECHO, handle_echo),
@@ -211,9 +268,13 @@ def server_start(address: tuple[str, int] | None = None) -> ThreadedAssociationS
         (evt.EVT_N_EVENT_REPORT, handle_commitment_report),
         (evt.EVT_REJECTED, handle_rejected),
     ]
-    server = ae.make_server(address, evt_handlers=handlers, server_class=NoDelayServer)
+    server = ae.make_server(
+        address, evt_handlers=handlers, server_class=NoDelayServer, ssl_context=ssl_context
+    )
     ae._servers.append(server)  # as AE.start_server() does; server.shutdown() takes it off again
 
     threading.Thread(target=server.serve_forever, name="dicom-scp", daemon=True).start()
-    log.info("DICOM SCP %s listening on %s:%s (pynetdicom engine)", settings.FHIRAI_DICOM_AE, *address)
+    log.info(
+        "DICOM SCP %s listening on %s:%s%s (pynetdicom engine)", settings.FHIRAI_DICOM_AE, *address, transport
+    )
     return server

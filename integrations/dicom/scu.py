@@ -7,6 +7,7 @@ module only speaks DIMSE."""
 from __future__ import annotations
 
 import logging
+import ssl
 from io import BytesIO
 
 from django.conf import settings
@@ -22,10 +23,27 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 
 from fhirai.errors import Unavailable
 from fhirai.results.writeback import Outcome
+from fhirai.tls import client_context
 
 log = logging.getLogger(__name__)
 SUCCESS = 0x0000
 WARNINGS = (0x0001, 0xB000, 0xB006, 0xB007)  # stored, with a warning (PS3.4 B.2.3)
+
+
+def pacs_tls_args(name: str, host: str, port: int) -> tuple[ssl.SSLContext, str] | None:
+    """pynetdicom's tls_args for a PACS listed in FHIRAI_PACS_TLS (by destination name, HOST:PORT,
+    or `*`): the fhirai.tls client profile, the PACS's certificate verified against
+    FHIRAI_PACS_TLS_CA (else the system's trust store) and its host name, fhirai's own certificate
+    presented when FHIRAI_PACS_TLS_CERT is set. None: plain DICOM."""
+    listed = settings.FHIRAI_PACS_TLS
+    name = name.removeprefix("dicom:")
+    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    if not listed or not ("*" in listed or name in listed or address in listed):
+        return None
+    context = client_context(
+        settings.FHIRAI_PACS_TLS_CA, settings.FHIRAI_PACS_TLS_CERT, settings.FHIRAI_PACS_TLS_KEY
+    )
+    return context, host
 
 
 def _ae() -> AE:
@@ -50,8 +68,9 @@ def objects_send(
         ae.add_requested_context(sop_class, sorted(own | {ExplicitVRLittleEndian, ImplicitVRLittleEndian}))
     if commitment_uid:
         ae.add_requested_context(StorageCommitmentPushModel, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+    tls_args = pacs_tls_args(peer, host, port)
     try:
-        assoc = ae.associate(host, port, ae_title=aet)
+        assoc = ae.associate(host, port, ae_title=aet, tls_args=tls_args)
     except OSError as exc:
         raise Unavailable(f"PACS {peer} unreachable: {type(exc).__name__}") from exc
     if assoc.is_rejected:
@@ -64,7 +83,8 @@ def objects_send(
             return Outcome(delivered=False, status=None, reply=text, summary=text)
         raise Unavailable(f"PACS {peer}: {text}")
     if not assoc.is_established:
-        raise Unavailable(f"PACS {peer} ({aet}@{host}:{port}) did not accept an association")
+        over = " over TLS (see the log for the handshake)" if tls_args else ""
+        raise Unavailable(f"PACS {peer} ({aet}@{host}:{port}) did not accept an association{over}")
     answers = []
     refused = ""
     try:
@@ -125,12 +145,14 @@ def echo(peer: str, aet: str, host: str, port: int) -> str:
     """C-ECHO, for the console's Test button; Unavailable with the reason when it does not answer."""
     ae = _ae()
     ae.add_requested_context(Verification)
+    tls_args = pacs_tls_args(peer, host, port)
     try:
-        assoc = ae.associate(host, port, ae_title=aet)
+        assoc = ae.associate(host, port, ae_title=aet, tls_args=tls_args)
     except OSError as exc:
         raise Unavailable(f"dicom:{peer}: cannot connect to {host}:{port}: {type(exc).__name__}") from exc
     if not assoc.is_established:
-        raise Unavailable(f"dicom:{peer}: {aet}@{host}:{port} did not accept an association")
+        over = " over TLS" if tls_args else ""
+        raise Unavailable(f"dicom:{peer}: {aet}@{host}:{port} did not accept an association{over}")
     try:
         reply = assoc.send_c_echo()
     finally:
@@ -138,4 +160,4 @@ def echo(peer: str, aet: str, host: str, port: int) -> str:
     code = int(getattr(reply, "Status", -1)) if reply else -1
     if code != SUCCESS:
         raise Unavailable(f"dicom:{peer}: C-ECHO answered {code:04X}")
-    return f"dicom:{peer}: {aet}@{host}:{port} answers C-ECHO"
+    return f"dicom:{peer}: {aet}@{host}:{port} answers C-ECHO{' over TLS' if tls_args else ''}"

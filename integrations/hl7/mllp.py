@@ -15,6 +15,8 @@ import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from fhirai.tls import server_context
+
 log = logging.getLogger(__name__)
 
 VT, FS, CR = 0x0B, 0x1C, 0x0D
@@ -111,15 +113,11 @@ def peer_allowed(address: str, allow: list[str]) -> bool:
 
 
 def tls_context(cert: str, key: str, ca: str = "") -> ssl.SSLContext | None:
-    """Server TLS when a certificate is configured; with a CA, clients must present a certificate."""
+    """Server TLS (fhirai.tls: the BCP 195 profile) when a certificate is configured; with a CA,
+    clients must present a certificate it issued."""
     if not cert:
         return None
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(cert, key or None)
-    if ca:
-        context.load_verify_locations(ca)
-        context.verify_mode = ssl.CERT_REQUIRED
-    return context
+    return server_context(cert, key, ca)
 
 
 class Server:

@@ -17,6 +17,7 @@ import pytest
 
 from fhirai.ingest.models import Message, Rejection
 from integrations.hl7.management.commands.mllp import serve
+from tests.support.certs import certs_make
 from tests.support.hl7msg import adt, message, msh, orm, oru
 from tests.support.product import free_port
 
@@ -222,6 +223,58 @@ def test_tls(settings, tmp_path):
                 while not buf.endswith(b"\x1c\x0d"):
                     buf += sock.recv(65536)
         assert _segments(buf)["MSA"][1:3] == ["AA", "TLS-1"]
+
+
+@pytest.mark.filterwarnings("ignore:ssl.TLSVersion:DeprecationWarning")  # offering TLS 1.1 is the point
+def test_mutual_tls_with_the_bcp_195_profile(settings, tmp_path):
+    """With FHIRAI_MLLP_TLS_CA, a sender needs a certificate from that CA; TLS 1.1 and a CBC suite
+    are refused (fhirai.tls); a sender with the right certificate gets its ACK."""
+    certs = certs_make(tmp_path / "certs")
+    settings.FHIRAI_MLLP_TLS_CERT, settings.FHIRAI_MLLP_TLS_KEY = (
+        str(certs.server_cert),
+        str(certs.server_key),
+    )
+    settings.FHIRAI_MLLP_TLS_CA = str(certs.ca)
+
+    def client(
+        *, cert: bool = True, maximum: ssl.TLSVersion | None = None, ciphers: str = ""
+    ) -> ssl.SSLContext:
+        context = ssl.create_default_context(cafile=str(certs.ca))
+        if cert:
+            context.load_cert_chain(str(certs.client_cert), str(certs.client_key))
+        if maximum is not None:
+            context.minimum_version, context.maximum_version = ssl.TLSVersion.TLSv1, maximum
+        if ciphers:
+            context.set_ciphers(f"{ciphers}:@SECLEVEL=0")
+        return context
+
+    def exchange(context: ssl.SSLContext, control_id: str) -> bytes | None:
+        """The reply, or None when the connection is refused (TLS 1.3 tells a client without a
+        certificate after its handshake: its first read then fails or finds the connection closed)."""
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as raw_sock:
+                with context.wrap_socket(raw_sock, server_hostname="localhost") as sock:
+                    sock.sendall(b"\x0b" + adt(control_id) + b"\x1c\x0d")
+                    buf = b""
+                    while not buf.endswith(b"\x1c\x0d"):
+                        chunk = sock.recv(65536)
+                        if not chunk:
+                            return None
+                        buf += chunk
+                    return buf
+        except (ssl.SSLError, ConnectionError):
+            return None
+
+    with running_listener() as port:
+        assert exchange(client(cert=False), "NO-TLS") is None
+        assert exchange(client(maximum=ssl.TLSVersion.TLSv1_1, ciphers="DEFAULT"), "NO-TLS") is None
+        assert (
+            exchange(client(maximum=ssl.TLSVersion.TLSv1_2, ciphers="ECDHE-RSA-AES128-SHA256"), "NO-TLS")
+            is None
+        )
+        reply = exchange(client(), "TLS-2")
+        assert reply is not None and _segments(reply)["MSA"][1:3] == ["AA", "TLS-2"]
+    assert not Message.objects.filter(control_id="NO-TLS").exists()
 
 
 def test_a_network_allowed_in_the_console_is_let_in_and_refusals_are_kept(settings):

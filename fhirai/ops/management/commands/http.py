@@ -1,6 +1,8 @@
-"""`python manage.py http`: the web server (console, API, FHIR) on FHIRAI_HTTP_PORT with waitress,
-in FHIRAI_HTTP_PROCESSES processes. Production may use any WSGI/ASGI server on fhirai.wsgi /
-fhirai.asgi instead."""
+"""`python manage.py http`: the web server (console, API, FHIR) on FHIRAI_HTTP_PORT, in
+FHIRAI_HTTP_PROCESSES processes: plain HTTP with waitress (behind a TLS-terminating proxy, or on a
+trusted network), or HTTPS with cheroot when FHIRAI_HTTP_TLS_CERT is set (waitress has no TLS);
+both serve the same WSGI app. Production may use any WSGI/ASGI server on fhirai.wsgi / fhirai.asgi
+instead."""
 
 from __future__ import annotations
 
@@ -10,10 +12,13 @@ import socket
 import sys
 from typing import Any
 
+from cheroot import wsgi
+from cheroot.ssl.builtin import BuiltinSSLAdapter
 from django.conf import settings
 from django.core.management.base import BaseCommand
 from waitress import serve
 
+from fhirai.tls import server_context
 from fhirai.wsgi import application
 
 
@@ -28,6 +33,9 @@ class Command(BaseCommand):
 
 
 def http_serve() -> None:
+    if settings.FHIRAI_HTTP_TLS_CERT:
+        https_serve()
+        return
     serve(
         application,
         sockets=[listening_socket()],
@@ -36,6 +44,26 @@ def http_serve() -> None:
         clear_untrusted_proxy_headers=True,
         **proxy_options(),
     )
+
+
+def https_serve() -> None:
+    """HTTPS on FHIRAI_HTTP_PORT with cheroot (CherryPy's WSGI server) and its builtin ssl adapter,
+    given the fhirai.tls context (the BCP 195 profile); a plain HTTP request there is answered 400
+    and never reaches the app. cheroot does each handshake on its accept thread within its
+    connection timeout (10 s); with several processes the kernel spreads connections (SO_REUSEPORT)."""
+    cert, key = settings.FHIRAI_HTTP_TLS_CERT, settings.FHIRAI_HTTP_TLS_KEY or None
+    server = wsgi.Server(
+        (settings.FHIRAI_BIND_ADDRESS, settings.FHIRAI_HTTP_PORT),
+        application,
+        numthreads=settings.FHIRAI_HTTP_THREADS,
+        server_name="fhirai",
+        request_queue_size=1024,
+        reuse_port=settings.FHIRAI_HTTP_PROCESSES > 1,
+    )
+    adapter = BuiltinSSLAdapter(cert, key)
+    adapter.context = server_context(cert, key or "")
+    server.ssl_adapter = adapter
+    server.start()
 
 
 def proxy_options() -> dict[str, Any]:

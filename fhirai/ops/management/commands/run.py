@@ -120,10 +120,16 @@ class Command(BaseCommand):
         procs = children()
         for child in procs:
             child.start()
+        scheme = "https" if settings.FHIRAI_HTTP_TLS_CERT else "http"
+        dicom = (
+            f"DICOM {settings.FHIRAI_DICOM_AE}@{settings.FHIRAI_BIND_ADDRESS}:{settings.FHIRAI_DICOM_PORT}"
+        )
+        if settings.FHIRAI_DICOM_TLS_CERT:
+            dicom += (
+                f" (TLS on {settings.FHIRAI_DICOM_TLS_PORT})" if settings.FHIRAI_DICOM_TLS_PORT else " (TLS)"
+            )
         self.stdout.write(
-            f"fhirai running: http://{settings.FHIRAI_BIND_ADDRESS}:{settings.FHIRAI_HTTP_PORT}/ "
-            f"DICOM {settings.FHIRAI_DICOM_AE}@{settings.FHIRAI_BIND_ADDRESS}:"
-            f"{settings.FHIRAI_DICOM_PORT}"
+            f"fhirai running: {scheme}://{settings.FHIRAI_BIND_ADDRESS}:{settings.FHIRAI_HTTP_PORT}/ {dicom}"
         )
         self.stdout.flush()
         while not stopping:

@@ -8,18 +8,22 @@ from typing import Any
 
 from django.core.management.base import BaseCommand
 
-from integrations.dicom.scp import server_start
+from integrations.dicom.scp import servers_start
 
 
 class Command(BaseCommand):
-    help = "Run the DICOM SCP (C-ECHO, C-STORE) on FHIRAI_DICOM_PORT until SIGTERM/SIGINT."
+    help = (
+        "Run the DICOM SCP (C-ECHO, C-STORE) on FHIRAI_DICOM_PORT (and FHIRAI_DICOM_TLS_PORT) "
+        "until SIGTERM/SIGINT."
+    )
 
     def handle(self, *args: Any, **options: Any) -> None:
         stop = threading.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stop.set())
-        server = server_start()
+        servers = servers_start()
         stop.wait()
         # shutdown() stops accepting; associations in progress finish their current C-STORE,
         # whose Success is only sent after its commit.
-        server.shutdown()
+        for server in servers:
+            server.shutdown()
