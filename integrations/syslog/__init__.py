@@ -5,10 +5,11 @@ this adapter only puts them on the wire."""
 from __future__ import annotations
 
 import socket
-import ssl
 from urllib.parse import urlsplit
 
 from django.conf import settings
+
+from fhirai.tls import client_context
 
 TIMEOUT = 10.0
 UDP_MAX = 65507
@@ -27,8 +28,7 @@ def syslog_send(url: str, messages: list[bytes]) -> None:
     with socket.create_connection((host, port), timeout=TIMEOUT) as raw:
         sock: socket.socket = raw
         if parts.scheme == "tls":
-            context = ssl.create_default_context(cafile=settings.FHIRAI_AUDIT_SYSLOG_CA or None)
-            context.minimum_version = ssl.TLSVersion.TLSv1_2
+            context = client_context(ca=settings.FHIRAI_AUDIT_SYSLOG_CA)  # the BCP 195 profile
             sock = context.wrap_socket(raw, server_hostname=host)
         # RFC 6587 3.4.1 / RFC 5425 4.3: each message framed as "LENGTH SP MESSAGE".
         sock.sendall(b"".join(b"%d %s" % (len(m), m) for m in messages))
