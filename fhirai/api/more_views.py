@@ -209,7 +209,7 @@ def optouts_list(request: HttpRequest) -> list[dict[str, Any]]:
     return [_optout_out(r) for r in rows]
 
 
-@api.put("/optouts", response={200: s.OptOutOut, **ERRORS}, tags=["configuration"])
+@api.put("/optouts", response={200: s.OptOutOut, 400: s.ErrorOut, **ERRORS}, tags=["configuration"])
 def optout_put(request: HttpRequest, body: s.OptOutIn) -> Any:
     """Put a patient on the site's opt-out list (or, with `active` false, take them off it): their
     studies and reports received from now on go to no model, visibly ("skipped: opt-out")."""
