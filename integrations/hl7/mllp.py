@@ -37,6 +37,9 @@ class Framer:
         self.buffer = bytearray()
         self.in_frame = False
         self.oversize = False
+        # A read that ended with <FS> inside a frame: the end block if the next byte is <CR>, else
+        # payload. Held aside, so neither the size check nor a later <CR> mistakes it for either.
+        self.held_fs = False
         self.dropped = 0
 
     def feed(self, data: bytes) -> list[Frame]:
@@ -50,19 +53,17 @@ class Framer:
                     self.dropped += len(data) - i
                     break
                 self.dropped += start - i
-                self.in_frame, self.oversize = True, False
+                self.in_frame, self.oversize, self.held_fs = True, False, False
                 self.buffer.clear()
                 i = start + 1
                 continue
-            if self.buffer.endswith(b"\x1c") and view[i] == CR:  # <FS><CR> split across two reads
-                del self.buffer[-1]
-                frames.append(
-                    Frame(bytes(self.buffer), "oversize") if self.oversize else Frame(bytes(self.buffer))
-                )
-                self.buffer.clear()
-                self.in_frame = False
-                i += 1
-                continue
+            if self.held_fs:  # <FS><CR> split across two reads?
+                self.held_fs = False
+                if view[i] == CR:
+                    frames.append(self._finish())
+                    i += 1
+                    continue
+                self._append(memoryview(b"\x1c"))
             end = data.find(END, i)
             restart = data.find(START, i, end if end >= 0 else len(data))
             if restart >= 0:  # a new frame began before this one ended
@@ -72,17 +73,22 @@ class Framer:
                 i = restart
                 continue
             if end < 0:
-                tail = view[i:]
-                self._append(tail)
+                if view[-1] == FS:
+                    self._append(view[i:-1])
+                    self.held_fs = True
+                else:
+                    self._append(view[i:])
                 break
             self._append(view[i:end])
-            frames.append(
-                Frame(bytes(self.buffer), "oversize") if self.oversize else Frame(bytes(self.buffer))
-            )
-            self.buffer.clear()
-            self.in_frame = False
+            frames.append(self._finish())
             i = end + 2
         return frames
+
+    def _finish(self) -> Frame:
+        frame = Frame(bytes(self.buffer), "oversize") if self.oversize else Frame(bytes(self.buffer))
+        self.buffer.clear()
+        self.in_frame = False
+        return frame
 
     def _append(self, chunk: memoryview) -> None:
         if self.oversize:
@@ -95,7 +101,9 @@ class Framer:
 
     def pending(self) -> bytes | None:
         """What a closed connection left unfinished."""
-        return bytes(self.buffer) if self.in_frame else None
+        if not self.in_frame:
+            return None
+        return bytes(self.buffer) + (b"\x1c" if self.held_fs and not self.oversize else b"")
 
 
 FrameHandler = Callable[[Frame, str], Awaitable[bytes | None]]
