@@ -8,7 +8,7 @@ import logging
 from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import DataError, connection, transaction
 from django.utils import timezone
 from django.utils.module_loading import import_string
 
@@ -59,22 +59,27 @@ def message_apply(message: Message) -> None:
     visibly (its raw bytes stay for inspection and replay)."""
     try:
         facts = reader()(bytes(message.raw), codec=message.codec, message_type=message.message_type)
-        detail = _apply(message, facts)
-    except ValueError as exc:
-        message.state, message.error, message.processed_at = (
-            MessageState.FAILED,
-            str(exc)[:2000],
-            timezone.now(),
-        )
+        # A savepoint: a value the database cannot store (too long for its column, a NUL) fails
+        # this message alone instead of aborting the transaction and blocking every later message.
+        with transaction.atomic():
+            detail = _apply(message, facts)
+    except (ValueError, DataError) as exc:
+        # The database's text names the column type, never the value (no PHI in the error).
+        error = str(exc) if isinstance(exc, ValueError) else _data_error(exc)
+        message.state, message.error, message.processed_at = MessageState.FAILED, error[:2000], timezone.now()
         message.save(update_fields=["state", "error", "processed_at"])
-        record("message", message.pk, Event.FAILED, error=str(exc)[:500])
-        log.warning("message %s (%s) failed: %s", message.pk, message.message_type, exc)
-        app_ack_queue(message, applied=False, error=str(exc))
+        record("message", message.pk, Event.FAILED, error=error[:500])
+        log.warning("message %s (%s) failed: %s", message.pk, message.message_type, error)
+        app_ack_queue(message, applied=False, error=error)
         return
     message.state, message.processed_at = MessageState.PROCESSED, timezone.now()
     message.save(update_fields=["state", "processed_at"])
     record("message", message.pk, Event.PROCESSED, detail=detail)
     app_ack_queue(message, applied=True)
+
+
+def _data_error(exc: DataError) -> str:
+    return "a value cannot be stored: " + (str(exc).strip().splitlines() or ["?"])[0]
 
 
 def _apply(message: Message, facts: MessageFacts) -> str:

@@ -132,6 +132,13 @@ def header_parse(raw: bytes) -> Header:
 
     charset = comp(18, 0).strip().upper()
     codec = _codec(charset, start)
+    if "\x00" in (start.decode(codec) if codec.startswith("utf-16") else "") or (
+        not codec.startswith("utf-16") and b"\x00" in start
+    ):
+        # HL7 v2 text has no NUL (ch. 2.7); the database cannot keep one in a text column either.
+        raise errors.HL7Error(
+            errors.DATA_TYPE_ERROR, "the message contains NUL characters", location="MSH^1^1"
+        )
     control_id = unescape(get(10), field_sep, encoding).strip()
     if not control_id:
         raise errors.HL7Error(

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from integrations.hl7.mllp import Framer
+import pytest
+
+from fhirai.context.messages import messages_process
+from fhirai.ingest.models import Message, MessageState, Rejection
+from integrations.hl7.mllp import Frame, Framer
+from tests.fuzz.test_hl7 import check_receive
+from tests.support.hl7msg import adt, message, msh
 
 
 def test_frame_of_exactly_max_bytes_split_between_fs_and_cr_is_not_oversize():
@@ -25,3 +31,58 @@ def test_oversize_frame_whose_kept_header_ends_in_fs_does_not_end_at_a_later_cr(
         frames += framer.feed(chunk)
     assert [f.problem for f in frames] == ["oversize"] and framer.dropped == 0
     assert framer.pending() is None
+
+
+# --- HL7 receive and processing ------------------------------------------------------------------
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize(
+    "raw",
+    [
+        message(msh("C\x001", "ADT^A01"), "PID|1||X"),  # NUL in MSH-10
+        message(msh("C1", "ADT^A01", "2.5\x00"), "PID|1||X"),  # NUL in MSH-12, echoed in the detail
+        message(msh("C5", "ADT^A01"), "PID|1||M\x00X^^^HOSP^MR||N\x00^G"),  # NUL in the body
+    ],
+)
+def test_nul_characters_get_ae_and_are_kept_as_rejections(handler, caplog, raw):
+    """A NUL in MSH-10 made the commit fail (AR "temporarily unable": the sender resends forever);
+    in MSH-12 the rejection itself could not be kept; in the body the message was accepted and then
+    blocked processing. All three now get AE with ERR at the door and are kept."""
+    loop, handle = handler
+    reply = loop.run_until_complete(handle(Frame(raw), "fuzz@127.0.0.1:1")).decode()
+    assert "|AE|" in reply and "\rERR|" in reply
+    assert Rejection.objects.count() == 1 and not Message.objects.exists()
+    check_receive(handler, caplog, raw)
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize(
+    "raw",
+    [
+        message(msh("C2", "ADT^A01"), "PID|1||" + "M" * 400 + "^^^HOSP^MR"),
+        message(msh("C3", "ADT^A01"), "PID|1||M1^^^HOSP^MR||" + "N" * 500 + "^G||19700101|F"),
+        message(
+            msh("C4", "ORM^O01"),
+            "PID|1||M1^^^HOSP^MR",
+            "OBR|1|P|F|" + "C" * 300 + "||||||||||||||" + "A" * 300,
+        ),
+    ],
+)
+def test_values_too_long_for_their_columns_fail_the_message_not_the_pipeline(handler, caplog, raw):
+    """An MRN, name or order number longer than its column raised DataError out of message_apply:
+    the message stayed `received` and, applied in order, blocked every later message."""
+    check_receive(handler, caplog, raw)
+    failed = Message.objects.get()
+    assert failed.state == MessageState.FAILED and "cannot be stored" in failed.error
+    assert "MMMM" not in failed.error and "NNNN" not in failed.error
+    later = Message.objects.create(
+        sender="RIS^HOSP",
+        control_id="LATER",
+        message_type="ADT^A01",
+        version="2.5.1",
+        codec="utf-8",
+        raw=adt("LATER"),
+        received_at=failed.received_at,
+    )
+    messages_process(later.pk)
+    later.refresh_from_db()
+    assert later.state == MessageState.PROCESSED
