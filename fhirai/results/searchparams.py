@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -228,28 +228,32 @@ def period_range(period: dict[str, Any]) -> tuple[datetime, datetime] | None:
 
 def date_range(value: Any) -> tuple[datetime, datetime] | None:
     """The instants a FHIR date, dateTime or instant covers, by its precision: 2024 is the whole
-    year, 2024-03-05 the whole day (site time zone when no offset is given), a full time a second."""
+    year, 2024-03-05 the whole day (site time zone when no offset is given), a full time a second.
+    None when it is not one, or when its range leaves years 1-9999 in UTC (what the database holds)."""
     if not isinstance(value, str) or len(value) < 4:
         return None
-    zone = ZoneInfo(settings.TIME_ZONE)
     try:
-        if len(value) == 4:
-            low = datetime(int(value), 1, 1, tzinfo=zone)
-            return low, low.replace(year=low.year + 1)
-        if len(value) == 7:
-            low = datetime(int(value[:4]), int(value[5:7]), 1, tzinfo=zone)
-            high = (
-                low.replace(year=low.year + 1, month=1)
-                if low.month == 12
-                else low.replace(month=low.month + 1)
-            )
-            return low, high
-        if len(value) == 10:
-            low = datetime.fromisoformat(value).replace(tzinfo=zone)
-            return low, low + timedelta(days=1)
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
+        low, high = _span(value, ZoneInfo(settings.TIME_ZONE))
+        low.astimezone(UTC), high.astimezone(UTC)
+    except (ValueError, OverflowError):
         return None
+    return low, high
+
+
+def _span(value: str, zone: ZoneInfo) -> tuple[datetime, datetime]:
+    if len(value) == 4:
+        low = datetime(int(value), 1, 1, tzinfo=zone)
+        return low, low.replace(year=low.year + 1)
+    if len(value) == 7:
+        low = datetime(int(value[:4]), int(value[5:7]), 1, tzinfo=zone)
+        high = (
+            low.replace(year=low.year + 1, month=1) if low.month == 12 else low.replace(month=low.month + 1)
+        )
+        return low, high
+    if len(value) == 10:
+        low = datetime.fromisoformat(value).replace(tzinfo=zone)
+        return low, low + timedelta(days=1)
+    parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=zone)
     if parsed.microsecond or "." in value:

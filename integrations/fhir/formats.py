@@ -106,7 +106,26 @@ def body_read(request: HttpRequest) -> Any:
         return from_xml(request.body)
     if media in JSON_TYPES:
         try:
-            return json.loads(request.body)
-        except (ValueError, UnicodeDecodeError):
+            body = json.loads(request.body)
+        except (ValueError, UnicodeDecodeError, RecursionError):
             raise ResourceInvalid([("(body)", "the body is not valid JSON")]) from None
+        if _has_nul(body):
+            raise ResourceInvalid([("(body)", "a string or name carries a NUL character (\\u0000)")])
+        return body
     raise ValueError(f"send application/fhir+json or application/fhir+xml, not {media or 'no Content-Type'}")
+
+
+def _has_nul(value: Any) -> bool:
+    """A NUL anywhere in a JSON document: FHIR strings exclude it, and PostgreSQL cannot keep one."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False

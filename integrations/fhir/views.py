@@ -40,6 +40,7 @@ VERSION = "0.2.0"
 READ_ONLY = {"AuditEvent"}
 TYPES = [*PARAMS, *READ_ONLY]
 CONTROL = {"_count", "_offset", "_format", "_include", "_pretty", "_summary", "_sort", "_total", "_elements"}
+MAX_OFFSET = 2**62  # the database's OFFSET is a bigint
 MODIFIERS = {"reference": {"", "identifier"}, "string": {"", "contains"}}
 
 
@@ -60,6 +61,8 @@ def fhir_view(
             rtype = kwargs.get("rtype")
             if rtype is not None and rtype not in TYPES:
                 return outcome.outcome(outcome.UNKNOWN_TYPE, f"resource type {rtype} is not supported here")
+            if _has_nul(request, kwargs):
+                return outcome.outcome(outcome.INVALID, "the URL carries a NUL character")
             if request.method not in methods and not (request.method == "HEAD" and "GET" in methods):
                 response = outcome.outcome(
                     outcome.METHOD_NOT_ALLOWED, f"{request.method} is not supported here"
@@ -76,6 +79,13 @@ def fhir_view(
         return wrapper
 
     return decorate
+
+
+def _has_nul(request: HttpRequest, kwargs: dict[str, Any]) -> bool:
+    """A NUL in the path or the query: no FHIR id, parameter or value has one, and PostgreSQL
+    cannot compare text with one (it would be a 500)."""
+    values = [*kwargs.values(), *request.GET.keys(), *(v for _, vs in request.GET.lists() for v in vs)]
+    return any("\x00" in str(v) for v in values)
 
 
 def _json(body: dict[str, Any], status: int = 200) -> HttpResponse:
@@ -252,10 +262,12 @@ def _paging(query: QueryDict) -> tuple[int, int]:
     try:
         count = min(int(query.get("_count", 20)), settings.FHIRAI_FHIR_PAGE_MAX)
         offset = int(query.get("_offset", 0))
-        if count < 0 or offset < 0:
+        if count < 0 or offset < 0 or offset > MAX_OFFSET:
             raise ValueError
     except ValueError:
-        raise _refuse(outcome.INVALID, "_count and _offset must be non-negative integers") from None
+        raise _refuse(
+            outcome.INVALID, f"_count and _offset must be non-negative integers, _offset at most {MAX_OFFSET}"
+        ) from None
     return count, offset
 
 

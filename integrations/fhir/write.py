@@ -10,7 +10,7 @@ import re
 from typing import Any
 
 from django.conf import settings
-from django.db import DatabaseError
+from django.db import DatabaseError, DataError
 from django.http import HttpRequest, HttpResponse
 
 from fhirai import errors
@@ -47,8 +47,15 @@ def _guarded(work: Any) -> HttpResponse:
         return _invalid(exc)
     except errors.NotFound as exc:
         return outcome.outcome(outcome.NOT_FOUND, str(exc))
+    except DataError as exc:  # a value the database cannot hold (too long for its column): the client's
+        return outcome.outcome(outcome.INVALID, _data_error(exc))
     except (errors.Unavailable, DatabaseError):
         return outcome.outcome(outcome.TRANSIENT, "storage is unavailable; retry later")
+
+
+def _data_error(exc: DataError) -> str:
+    """The database's reason (it names the column type, never the value)."""
+    return "a value cannot be stored: " + (str(exc).strip().splitlines() or ["?"])[0]
 
 
 def _invalid(exc: Any, prefix: str = "", entry: str | None = None) -> HttpResponse:

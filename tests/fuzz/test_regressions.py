@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from fhirai.context.messages import messages_process
@@ -86,3 +88,51 @@ def test_values_too_long_for_their_columns_fail_the_message_not_the_pipeline(han
     messages_process(later.pk)
     later.refresh_from_db()
     assert later.state == MessageState.PROCESSED
+
+
+# --- FHIR facade -----------------------------------------------------------------------------------
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    "url",
+    [
+        "/fhir/Patient?family=%00",
+        "/fhir/Patient?identifier=%00",
+        "/fhir/Patient?_id=%00",
+        "/fhir/Observation?patient=%00",
+        "/fhir/AuditEvent?subtype=%00",
+        "/fhir/Patient/%00",
+        "/fhir/Patient?_offset=99999999999999999999",
+        "/fhir/Patient?birthdate=gt9999-12-31T23:59:59Z",
+        "/fhir/Patient?birthdate=9999-12-31",
+        "/fhir/Patient?_lastUpdated=0001-01-01T00:00:00%2B14:00",
+    ],
+)
+def test_search_and_read_refuse_unstorable_values_with_400(client, url):
+    """NUL in a search value or id (PostgreSQL refuses it in text), an _offset beyond bigint, and a
+    date whose range leaves years 1-9999 were 500s (DataError, OverflowError); now a 400 outcome."""
+    response = client.get(url)
+    assert response.status_code == 400
+    assert response.json()["resourceType"] == "OperationOutcome"
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"resourceType": "Patient", "name": [{"family": "a\x00b"}]},
+        {"resourceType": "Patient", "identifier": [{"system": "s", "value": "\x00"}]},
+        {"resourceType": "Patient", "\x00": 1},
+    ],
+)
+def test_a_nul_in_a_fhir_json_body_is_a_400_not_a_503(client, body):
+    """The insert failed with DataError, answered 503 "retry later": the client would resend forever."""
+    response = client.post("/fhir/Patient", data=json.dumps(body), content_type="application/fhir+json")
+    assert response.status_code == 400 and "NUL" in response.json()["issue"][0]["diagnostics"]
+
+
+@pytest.mark.django_db
+def test_a_date_at_the_end_of_year_9999_is_stored_without_its_index(client):
+    """date_range raised OverflowError for the day after 9999-12-31 (a 500 on create)."""
+    body = {"resourceType": "Patient", "birthDate": "9999-12-31"}
+    response = client.post("/fhir/Patient", data=json.dumps(body), content_type="application/fhir+json")
+    assert response.status_code in (201, 400)
