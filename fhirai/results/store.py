@@ -273,6 +273,24 @@ class VersionConflict(InvalidInput):
     """If-Match named a version that is not the current one (HTTP 412)."""
 
 
+# Far beyond any real resource (a Bundle of Questionnaires with nested items stays under 40); much
+# deeper nesting exhausts the validator's recursion (RecursionError, a 500) before it finds a fault.
+MAX_DEPTH = 100
+
+
+def _deeper_than(content: Any, limit: int) -> bool:
+    stack = [(content, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            return True
+        if isinstance(item, dict):
+            stack.extend((value, depth + 1) for value in item.values())
+        elif isinstance(item, list):
+            stack.extend((value, depth + 1) for value in item)
+    return False
+
+
 def resource_validate(content: Any, *, expected_type: str | None = None) -> str:
     """Check a resource against the R4B model of its type; returns the type."""
     if not isinstance(content, dict) or not isinstance(content.get("resourceType"), str):
@@ -283,6 +301,8 @@ def resource_validate(content: Any, *, expected_type: str | None = None) -> str:
     model = VALIDATORS.get(rtype)
     if model is None:
         raise ResourceInvalid([("resourceType", f"{rtype} is not accepted here")])
+    if _deeper_than(content, MAX_DEPTH):
+        raise ResourceInvalid([(rtype, f"nested deeper than {MAX_DEPTH} levels")])
     try:
         model.model_validate(content)
     except ValidationError as exc:

@@ -109,13 +109,13 @@ def body_read(request: HttpRequest) -> Any:
             body = json.loads(request.body)
         except (ValueError, UnicodeDecodeError, RecursionError):
             raise ResourceInvalid([("(body)", "the body is not valid JSON")]) from None
-        if _has_nul(body):
+        if has_nul(body):
             raise ResourceInvalid([("(body)", "a string or name carries a NUL character (\\u0000)")])
         return body
     raise ValueError(f"send application/fhir+json or application/fhir+xml, not {media or 'no Content-Type'}")
 
 
-def _has_nul(value: Any) -> bool:
+def has_nul(value: Any) -> bool:
     """A NUL anywhere in a JSON document: FHIR strings exclude it, and PostgreSQL cannot keep one."""
     stack = [value]
     while stack:

@@ -34,6 +34,7 @@ from fhirai.ops.retry import NotRetryable, message_replay, message_retry, study_
 from fhirai.results.store import ResourceInvalid
 from fhirai.webhooks.receipts import hook_receipt_forget, hook_receipt_record
 from integrations.fhir import outcome
+from integrations.fhir.formats import has_nul
 from integrations.fhir.outcome import FHIR_JSON
 from integrations.hl7.views import hl7_over_http
 from integrations.webhooks import signing
@@ -73,6 +74,8 @@ def hook(request: HttpRequest, source: str) -> HttpResponse:
                 "send HL7 v2 (application/hl7-v2 or x-application/hl7-v2+er7), "
                 "FHIR JSON (application/fhir+json) or a JSON event (application/json)",
             )
+        if "\x00" in message_id:  # no text column (nor any sender's id) holds a NUL
+            raise _Refused(400, "invalid-webhook-id", "webhook-id carries a NUL character")
         if message_id and not hook_receipt_record(source, message_id):
             raise _Refused(409, "replayed", "this webhook-id was already received from this source")
     except _Refused as refused:
@@ -148,7 +151,7 @@ def body_kind(content_type: str, body: bytes) -> str | None:
     if media == "application/json":
         try:
             content = json.loads(body)
-        except ValueError:
+        except (ValueError, RecursionError):
             return None
         if isinstance(content, dict):
             # A FHIR resource sent as plain JSON is FHIR; anything else is an event.
@@ -202,10 +205,12 @@ def _fhir(raw: bytes, peer: str) -> HttpResponse:
         content = json.loads(raw)
         if not isinstance(content, dict) or not isinstance(content.get("resourceType"), str):
             raise domain.InvalidInput("invalid", "the body is not a FHIR resource (no resourceType)")
+        if has_nul(content):
+            raise domain.InvalidInput("invalid", "a string or name carries a NUL character (\\u0000)")
         if content["resourceType"] == "Bundle" and content.get("type") in ("transaction", "batch"):
             return _json(bundle_process(content), 200)
         row, created = fhir_create(content)
-    except (ValueError, domain.InvalidInput) as exc:
+    except (ValueError, RecursionError, domain.InvalidInput) as exc:
         return _invalid(exc, raw, peer)
     except domain.NotFound as exc:
         return outcome.outcome(outcome.NOT_FOUND, str(exc))

@@ -45,9 +45,10 @@ def verify(
         raise SignatureInvalid("the webhook-id, webhook-timestamp and webhook-signature headers are required")
     try:
         sent_at = int(timestamp)
-    except ValueError:
+        stale = abs(now - sent_at) > tolerance
+    except (ValueError, OverflowError):  # OverflowError: too large to compare with the clock
         raise SignatureInvalid("webhook-timestamp is not an integer") from None
-    if abs(now - sent_at) > tolerance:
+    if stale:
         raise SignatureInvalid(f"webhook-timestamp is more than {tolerance} s from this server's time")
     expected = sign(secret, message_id, sent_at, body).encode()
     for candidate in signatures.split():

@@ -14,7 +14,7 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, given, note, settings
 
 EXAMPLES = int(os.environ.get("FHIRAI_FUZZ_EXAMPLES", "0") or 0)
 SECONDS = float(os.environ.get("FHIRAI_FUZZ_SECONDS", "0") or 0)
@@ -31,6 +31,7 @@ def fuzz_target(name: str, *, ci: int, **strategies: Any) -> Callable[[Any], Any
         @functools.wraps(test)
         def counted(*args: Any, **kwargs: Any) -> Any:
             counter["executions"] += 1
+            note(", ".join(f"{k}={v!r}"[:2000] for k, v in kwargs.items() if k in strategies))
             return test(*args, **kwargs)
 
         configured = settings(

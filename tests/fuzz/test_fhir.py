@@ -101,7 +101,25 @@ def mutated_resource(draw: st.DrawFn) -> object:
 
 
 @st.composite
+def deep_resource(draw: st.DrawFn) -> bytes:
+    """Nested extensions (or bare arrays) of any depth, written without json.dumps' recursion."""
+    levels = draw(st.integers(0, 3000))
+    if draw(st.booleans()):
+        return b"[" * levels + b"]" * levels
+    inner = b'{"url": "u", "valueString": "v"}'
+    return (
+        b'{"resourceType": "Patient", "extension": ['
+        + b'{"url": "u", "extension": [' * levels
+        + inner
+        + b"]}" * levels
+        + b"]}"
+    )
+
+
+@st.composite
 def json_body(draw: st.DrawFn) -> bytes:
+    if draw(st.integers(0, 9)) == 0:
+        return draw(deep_resource())
     doc = draw(mutated_resource() | json_values)
     raw = json.dumps(doc).encode()
     if draw(st.integers(0, 6)) == 0:

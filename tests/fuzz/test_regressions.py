@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import base64
 import json
+import time
 
 import pytest
 
 from fhirai.context.messages import messages_process
 from fhirai.ingest.models import Message, MessageState, Rejection
 from integrations.hl7.mllp import Frame, Framer
+from integrations.webhooks import signing
 from tests.fuzz.test_hl7 import check_receive
 from tests.support.hl7msg import adt, message, msh
 
@@ -136,3 +139,71 @@ def test_a_date_at_the_end_of_year_9999_is_stored_without_its_index(client):
     body = {"resourceType": "Patient", "birthDate": "9999-12-31"}
     response = client.post("/fhir/Patient", data=json.dumps(body), content_type="application/fhir+json")
     assert response.status_code in (201, 400)
+
+
+def _nested_extension(levels: int) -> dict:
+    extension: dict = {"url": "u", "valueString": "v"}
+    for _ in range(levels):
+        extension = {"url": "u", "extension": [extension]}
+    return extension
+
+
+@pytest.mark.django_db
+def test_a_resource_nested_past_the_validators_recursion_is_a_400(client):
+    """400 levels of nested extensions made the R4B validator raise RecursionError (a 500)."""
+    body = json.dumps({"resourceType": "Patient", "extension": [_nested_extension(400)]})
+    response = client.post("/fhir/Patient", data=body, content_type="application/fhir+json")
+    assert response.status_code == 400 and "nested deeper" in response.content.decode()
+    deep_json = b"[" * 5000 + b"]" * 5000  # json.loads itself recursed too deep
+    response = client.post("/fhir/Patient", data=deep_json, content_type="application/fhir+json")
+    assert response.status_code == 400
+    ordinary = json.dumps({"resourceType": "Patient", "extension": [_nested_extension(20)]})
+    assert (
+        client.post("/fhir/Patient", data=ordinary, content_type="application/fhir+json").status_code == 201
+    )
+
+
+# --- webhooks --------------------------------------------------------------------------------------
+HOOK_SECRET = "whsec_" + base64.b64encode(b"regression-secret-tests-only-32b").decode()
+
+
+def test_a_timestamp_too_large_for_a_float_is_an_invalid_signature_not_an_overflow():
+    """int('9' * 400) parsed, then `now - sent_at` raised OverflowError: a 500 at /hooks."""
+    with pytest.raises(signing.SignatureInvalid):
+        signing.verify(
+            HOOK_SECRET,
+            message_id="0",
+            timestamp="9" * 400,
+            signatures="v1,x",
+            body=b"",
+            now=0.0,
+            tolerance=300,
+        )
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("content_type", "body", "message_id", "status"),
+    [
+        (
+            "application/fhir+json",
+            b'{"resourceType": "Patient", "name": [{"family": "a\\u0000b"}]}',
+            "m1",
+            400,
+        ),
+        ("application/json", b'{"resourceType": "Patient", "name": [{"family": "a\\u0000b"}]}', "m2", 400),
+        ("application/fhir+json", b"[" * 5000 + b"]" * 5000, "m3", 400),
+        ("application/json", b"[" * 5000 + b"]" * 5000, "m4", 415),
+        ("application/json", b'{"type": "item.retry", "item": "message/1"}', "m\x005", 400),
+    ],
+)
+def test_signed_hooks_with_unstorable_or_too_deep_bodies_are_refused_not_500_or_503(
+    client, settings, blob_dir, content_type, body, message_id, status
+):
+    """A NUL in a FHIR body was a 503 (retry forever), deep JSON a RecursionError and a NUL in
+    webhook-id a DataError (500s); each is now refused with a 4xx and kept."""
+    settings.FHIRAI_HOOK_SOURCES = {"engine": HOOK_SECRET}
+    headers = signing.headers(HOOK_SECRET, message_id, int(time.time()), body)
+    response = client.post("/hooks/engine", data=body, content_type=content_type, headers=headers)
+    assert response.status_code == status
+    assert Rejection.objects.filter(protocol="webhook").count() == 1
