@@ -22,7 +22,7 @@ from fhirai import blobs
 from fhirai.audit.models import TimelineEvent
 from fhirai.audit.timeline import Event, record
 from fhirai.errors import InvalidInput, Unavailable
-from fhirai.ingest.header import header_read
+from fhirai.ingest.header import KEYWORDS, header_read
 from fhirai.ingest.models import Instance, Rejection, Study, StudyState
 
 log = logging.getLogger(__name__)
@@ -46,6 +46,11 @@ def header_parse(raw: bytes) -> Dataset:
             ds = dcmread(BytesIO(raw), stop_before_pixels=True)
         except (InvalidDicomError, EOFError, ValueError, KeyError, TypeError, OverflowError) as exc:
             raise InvalidInput("unparseable", f"cannot parse the dataset: {type(exc).__name__}") from None
+    for keyword in KEYWORDS:
+        try:
+            ds.get(keyword)
+        except Exception as exc:  # noqa: BLE001 - pydicom decodes on first access; any failure there is the data's
+            raise InvalidInput("unparseable", f"cannot read {keyword}: {type(exc).__name__}") from None
     for keyword in REQUIRED_UIDS:
         value = str(ds.get(keyword, "") or "")
         if not value:
@@ -61,7 +66,9 @@ def _text(ds: Dataset, keyword: str, limit: int) -> str:
         return ""
     if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
         value = "\\".join(str(v) for v in value)
-    return str(value)[:limit]
+    # A NUL (some senders pad text with it) cannot be kept in a PostgreSQL text column; the bytes
+    # in the blob keep it, the index does not need it.
+    return str(value).replace("\x00", "")[:limit]
 
 
 def _plane(ds: Dataset) -> str:

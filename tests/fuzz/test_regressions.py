@@ -7,9 +7,15 @@ import json
 import time
 
 import pytest
+from pydicom import dcmread
+from pydicom.data import get_testdata_file
+from pydicom.uid import ExplicitVRLittleEndian
+from pynetdicom.dsutils import encode
 
 from fhirai.context.messages import messages_process
-from fhirai.ingest.models import Message, MessageState, Rejection
+from fhirai.ingest.models import Instance, Message, MessageState, Rejection
+from integrations.dicom import pdu, status
+from integrations.dicom.handlers import store_answer
 from integrations.hl7.mllp import Frame, Framer
 from integrations.webhooks import signing
 from tests.fuzz.test_hl7 import check_receive
@@ -207,3 +213,41 @@ def test_signed_hooks_with_unstorable_or_too_deep_bodies_are_refused_not_500_or_
     response = client.post("/hooks/engine", data=body, content_type=content_type, headers=headers)
     assert response.status_code == status
     assert Rejection.objects.filter(protocol="webhook").count() == 1
+
+
+# --- DICOM receive ---------------------------------------------------------------------------------
+@pytest.mark.django_db(transaction=True)
+def test_an_element_with_an_unknown_vr_is_refused_and_kept_not_out_of_resources(blob_dir):
+    """Found by dicom_raw_pdus: a byte-mutated data set whose ImageType carried the VR "BS" parsed,
+    then pydicom raised NotImplementedError when the receive read ImageType; the SCP answered
+    A700 "internal error; retry later" (a PACS resends it forever) and kept nothing."""
+    ds = dcmread(get_testdata_file("MR_small.dcm"))
+    data = encode(ds, False, True)
+    assert data is not None and b"\x08\x00\x08\x00CS" in data
+    data = data.replace(b"\x08\x00\x08\x00CS", b"\x08\x00\x08\x00BS", 1)
+    raw = pdu.part10_prefix(ds.SOPClassUID, ds.SOPInstanceUID, ExplicitVRLittleEndian) + data
+    code, comment = store_answer(
+        raw=raw, calling_ae="FUZZ", peer="FUZZ@127.0.0.1:1", transfer_syntax_uid=ExplicitVRLittleEndian
+    )
+    assert code not in (status.OUT_OF_RESOURCES, status.SUCCESS) and "ImageType" in comment
+    assert Rejection.objects.filter(protocol="dicom", code="unparseable").count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize(
+    "keyword", ["PatientName", "PatientID", "AccessionNumber", "StudyDate", "SeriesDescription"]
+)
+def test_a_nul_in_an_indexed_text_element_is_stored_not_out_of_resources(blob_dir, keyword):
+    """Found by dicom_scu_mutated_datasets: a NUL inside PatientName (or another indexed text
+    element) made the insert fail with DataError, answered A700 "temporarily unable to store":
+    the PACS resends forever. The index now leaves the NUL out; the blob keeps the bytes."""
+    ds = dcmread(get_testdata_file("MR_small.dcm"))
+    ds.SOPInstanceUID = "1.2.826.0.1.3680043.8.498.77"
+    setattr(ds, keyword, "A\x00B")
+    data = encode(ds, False, True)
+    raw = pdu.part10_prefix(ds.SOPClassUID, ds.SOPInstanceUID, ExplicitVRLittleEndian) + data
+    code, _ = store_answer(
+        raw=raw, calling_ae="FUZZ", peer="FUZZ@127.0.0.1:1", transfer_syntax_uid=ExplicitVRLittleEndian
+    )
+    assert code == status.SUCCESS
+    assert Instance.objects.filter(sop_instance_uid="1.2.826.0.1.3680043.8.498.77").exists()
