@@ -257,7 +257,7 @@ def raw_session(draw: st.DrawFn) -> tuple[str, list[bytes]]:
     return kind, [rq, *pieces]
 
 
-@fuzz_target("dicom_raw_pdus", ci=40, session=raw_session())
+@fuzz_target("dicom_raw_pdus", ci=60, session=raw_session())
 def test_broken_pdus_are_answered_or_closed_and_the_scp_keeps_serving(scp, caplog, session):
     caplog.clear()
     kind, pieces = session
