@@ -15,7 +15,6 @@ from django.db.models import F
 from django.utils import timezone
 from pydicom import dcmread
 from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID
 
 from fhirai import blobs
@@ -44,7 +43,7 @@ def header_parse(raw: bytes) -> Dataset:
     if ds is None:
         try:
             ds = dcmread(BytesIO(raw), stop_before_pixels=True)
-        except (InvalidDicomError, EOFError, ValueError, KeyError, TypeError, OverflowError) as exc:
+        except Exception as exc:  # noqa: BLE001 - bytes in memory: whatever pydicom raises (struct.error, OSError...) is the data's
             raise InvalidInput("unparseable", f"cannot parse the dataset: {type(exc).__name__}") from None
     for keyword in KEYWORDS:
         try:

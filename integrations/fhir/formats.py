@@ -94,7 +94,9 @@ def from_xml(raw: bytes) -> dict[str, Any]:
         resource = model.model_validate_xml(raw)
     except ValidationError as exc:
         raise ResourceInvalid.from_validation(rtype, exc) from None
-    except (ValueError, TypeError, etree.LxmlError) as exc:
+    except KeyError as exc:  # fhir.resources meets an element its type does not define
+        raise ResourceInvalid([(rtype, f"cannot be read: unknown element {str(exc)[:64]}")]) from None
+    except (ValueError, TypeError, AttributeError, IndexError, etree.LxmlError) as exc:
         raise ResourceInvalid([(rtype, f"cannot be read: {type(exc).__name__}")]) from None
     return json.loads(resource.model_dump_json(exclude_none=True))
 

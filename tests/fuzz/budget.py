@@ -52,7 +52,9 @@ def fuzz_target(name: str, *, ci: int, **strategies: Any) -> Callable[[Any], Any
                 rounds += 1
                 try:
                     configured(*args, **kwargs)
-                except Exception as exc:  # noqa: BLE001 - the long run records and goes on
+                except (KeyboardInterrupt, SystemExit):
+                    raise
+                except BaseException as exc:  # noqa: BLE001 - pytest.fail's Failed too: record, go on
                     failures.append("".join(traceback.format_exception_only(exc)).strip()[:3000])
             elapsed = time.monotonic() - started
             if REPORT:

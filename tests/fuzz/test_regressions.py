@@ -251,3 +251,43 @@ def test_a_nul_in_an_indexed_text_element_is_stored_not_out_of_resources(blob_di
     )
     assert code == status.SUCCESS
     assert Instance.objects.filter(sop_instance_uid="1.2.826.0.1.3680043.8.498.77").exists()
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    "inner",
+    [
+        '<identifier><gender value="x"/><system value="urn:oid:1.2.3"/><value value="P1"/></identifier>',
+        '<identifier><s0ystem value="urn:oid:1.2.3"/><value value="P1"/></identifier>',
+        '<name><gender value="x"/><family value="Doe"/></name>',
+    ],
+)
+def test_fhir_xml_with_an_element_its_type_does_not_define_is_a_400(client, inner):
+    """Found by the long run (fhir_create_xml): fhir.resources' XML reader raised KeyError for an
+    element unknown to a complex type (Identifier.gender), a 500."""
+    body = f'<Patient xmlns="http://hl7.org/fhir">{inner}<birthDate value="1970-01-02"/></Patient>'
+    response = client.post("/fhir/Patient", data=body, content_type="application/fhir+xml")
+    assert response.status_code == 400
+    assert response.json()["resourceType"] == "OperationOutcome"
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("damage", ["truncated in a sequence", "sequence of undefined length 0xFFFFFFFF"])
+def test_a_data_set_pydicom_cannot_read_is_refused_and_kept_not_out_of_resources(blob_dir, damage):
+    """Found by the long run (dicom_raw_pdus): dcmread raised struct.error (a data set cut inside a
+    sequence) or OSError ("No tag to read", a sequence length past the end), which the header
+    parse did not catch: the SCP answered A700 "internal error; retry later" and kept nothing."""
+    ds = dcmread(get_testdata_file("CT_small.dcm"))
+    data = encode(ds, False, True)
+    assert data is not None
+    sequence = b"SQ\x00\x00H\x00\x00\x00"
+    if damage.startswith("truncated"):
+        data = data[: data.find(sequence) + 4]
+    else:
+        data = data.replace(sequence, b"SQ\x00\x00\xff\xff\xff\xff", 1)
+    raw = pdu.part10_prefix(ds.SOPClassUID, ds.SOPInstanceUID, ExplicitVRLittleEndian) + data
+    code, _ = store_answer(
+        raw=raw, calling_ae="FUZZ", peer="FUZZ@127.0.0.1:1", transfer_syntax_uid=ExplicitVRLittleEndian
+    )
+    assert code not in (status.OUT_OF_RESOURCES, status.SUCCESS)
+    assert Rejection.objects.filter(protocol="dicom", code="unparseable").count() == 1
