@@ -162,7 +162,7 @@ def mutated_dataset(draw: st.DrawFn) -> tuple[Dataset, str, int]:
     return ds, draw(st.sampled_from(SYNTAXES)), n
 
 
-@fuzz_target("dicom_scu_mutated_datasets", ci=25, items=st.lists(mutated_dataset(), min_size=1, max_size=3))
+@fuzz_target("dicom_scu_mutated_datasets", ci=40, items=st.lists(mutated_dataset(), min_size=1, max_size=3))
 def test_mutated_datasets_from_a_real_scu_each_get_a_status(scp, caplog, items):
     caplog.clear()
     ae = _scu()
@@ -257,7 +257,7 @@ def raw_session(draw: st.DrawFn) -> tuple[str, list[bytes]]:
     return kind, [rq, *pieces]
 
 
-@fuzz_target("dicom_raw_pdus", ci=60, session=raw_session())
+@fuzz_target("dicom_raw_pdus", ci=90, session=raw_session())
 def test_broken_pdus_are_answered_or_closed_and_the_scp_keeps_serving(scp, caplog, session):
     caplog.clear()
     kind, pieces = session

@@ -175,7 +175,7 @@ def assert_fhir_answer(response) -> None:  # noqa: ANN001
 
 @fuzz_target(
     "fhir_create_json",
-    ci=100,
+    ci=150,
     rtype=st.sampled_from([*TYPES, "Bundle", "Nope"]),
     body=json_body(),
     content_type=st.sampled_from(JSON_TYPES + OTHER_TYPES),
@@ -192,7 +192,7 @@ def test_json_bodies_give_a_resource_or_an_outcome(client, rtype, body, content_
 
 @fuzz_target(
     "fhir_create_xml",
-    ci=60,
+    ci=100,
     body=xml_body() | st.binary(max_size=200),
     content_type=st.sampled_from(XML_TYPES),
     fmt=st.sampled_from(["", "?_format=xml", "?_format=json"]),
@@ -258,7 +258,7 @@ def search_query(draw: st.DrawFn) -> tuple[str, str]:
 
 @fuzz_target(
     "fhir_search",
-    ci=200,
+    ci=300,
     query=search_query(),
     strict=st.booleans(),
     post=st.booleans(),

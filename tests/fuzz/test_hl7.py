@@ -53,11 +53,11 @@ def check_receive(handler, caplog, raw: bytes) -> None:
     assert not errors, [f"{r.name}: {r.getMessage()}" for r in errors]
 
 
-@fuzz_target("hl7_receive_any_bytes", ci=120, raw=hl7_input)
+@fuzz_target("hl7_receive_any_bytes", ci=200, raw=hl7_input)
 def test_any_input_gets_an_ack_and_is_stored_or_kept(handler, caplog, raw):
     check_receive(handler, caplog, raw)
 
 
-@fuzz_target("hl7_receive_mutated_messages", ci=150, raw=mutated_message())
+@fuzz_target("hl7_receive_mutated_messages", ci=250, raw=mutated_message())
 def test_mutated_messages_get_an_ack_and_are_stored_or_kept(handler, caplog, raw):
     check_receive(handler, caplog, raw)

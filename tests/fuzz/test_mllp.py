@@ -24,7 +24,7 @@ def feed_all(framer: Framer, chunks: list[bytes]) -> list[tuple[str, bytes]]:
 
 @fuzz_target(
     "mllp_framer_any_bytes",
-    ci=500,
+    ci=800,
     stream=st.binary(max_size=2000)
     | st.lists(st.sampled_from([b"\x0b", b"\x1c", b"\r", b"\x1c\r", b"MSH|", b"x" * 40]), max_size=60).map(
         b"".join
@@ -55,7 +55,7 @@ def test_any_stream_in_any_chunking_gives_the_same_frames(stream, cuts, max_byte
 
 @fuzz_target(
     "mllp_framer_well_formed",
-    ci=500,
+    ci=800,
     lead=noise,
     frames=st.lists(st.tuples(payload_bytes, noise), max_size=8),
     cuts=st.lists(st.integers(min_value=0), max_size=40),

@@ -52,7 +52,7 @@ bodies = (
 
 @fuzz_target(
     "webhook_verify_any_headers",
-    ci=300,
+    ci=500,
     message_id=header_text,
     timestamp=header_text | st.integers().map(str),
     signatures=header_text,
@@ -76,7 +76,7 @@ def test_verify_never_accepts_unsigned_input_and_only_raises_signature_invalid(
 
 @fuzz_target(
     "webhook_verify_bit_flips",
-    ci=300,
+    ci=500,
     message_id=st.text(st.characters(codec="latin-1"), min_size=1, max_size=30),
     body=st.binary(max_size=200),
     where=st.sampled_from(["body", "id", "timestamp", "signature"]),
@@ -120,7 +120,7 @@ def hook_sources(settings, blob_dir):
 
 @fuzz_target(
     "webhook_view_unsigned",
-    ci=80,
+    ci=120,
     source=st.sampled_from(["engine", "other", "x" * 50, "en gine", "%00"]),
     headers=st.fixed_dictionaries(
         {},
@@ -144,7 +144,7 @@ def test_unsigned_or_forged_hooks_are_refused_without_an_exception(
 
 @fuzz_target(
     "webhook_view_signed",
-    ci=80,
+    ci=120,
     message_id=st.text(st.characters(codec="latin-1", exclude_characters="\r\n"), min_size=1, max_size=40)
     | st.text(min_size=129, max_size=140, alphabet="ab"),
     content_type=media,
