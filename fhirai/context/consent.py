@@ -7,7 +7,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from fhirai.context.models import OptOut
-from fhirai.context.records import mrn_system
+from fhirai.context.records import fhir_subject_patient, mrn_system
 
 SOURCES = ("site", "hl7", "fhir")
 
@@ -56,3 +56,19 @@ def optout_sources(mrn: str, authority: str = "", *, system: str = "") -> list[s
 def optout_detail(sources: list[str]) -> str:
     names = {"site": "the site's list", "hl7": "HL7 PD1-12", "fhir": "FHIR Consent"}
     return "skipped: opt-out (" + ", ".join(names[s] for s in sources) + ")"
+
+
+def consent_received(rid: str, content: dict) -> bool | None:
+    """A FHIR Consent stored through the facade (or a transaction): an active Consent whose base
+    provision denies is the patient's opt-out; any other status or provision (permit, inactive,
+    entered-in-error, rejected) lifts what this Consent said. Returns the opt-out state it set, or
+    None when its patient is not known here (nothing to apply it to)."""
+    patient = fhir_subject_patient({"subject": content.get("patient") or {}})
+    if patient is None:
+        return None
+    provision = content.get("provision") or {}
+    denied = content.get("status") == "active" and provision.get("type") == "deny"
+    optout_set(
+        patient.mrn, system=patient.mrn_system, source="fhir", active=denied, reference=f"Consent/{rid}"
+    )
+    return denied

@@ -11,6 +11,7 @@ from typing import Any
 
 from django.db import transaction
 
+from fhirai.context.consent import consent_received
 from fhirai.context.facts import OrderFacts, PatientFacts
 from fhirai.context.received import order_received
 from fhirai.context.records import fhir_subject_patient, patient_upsert
@@ -235,6 +236,8 @@ def context_apply(row: FhirResource) -> None:
             order_received(order, fhir_subject_patient(content), render=False, via="ServiceRequest")
     elif row.resource_type == "DiagnosticReport":
         fhir_report_received(row)  # an EHR's report: its text to the NLP stage
+    elif row.resource_type == "Consent":
+        consent_received(row.rid, content)
     elif row.resource_type == "ImagingStudy":
         accession = _typed_identifier(content, "ACSN", system("acsn"))
         if accession:

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from django.conf import settings
+from fhir.resources.R4B.consent import Consent
 from fhir.resources.R4B.device import Device
 from fhir.resources.R4B.diagnosticreport import DiagnosticReport
 from fhir.resources.R4B.imagingstudy import ImagingStudy
@@ -21,6 +22,7 @@ from fhir.resources.R4B.task import Task
 
 _NS = uuid.UUID("6f3f8a52-35c4-4f4b-9a0c-1b8e2f1c9d77")  # fhirai's namespace for deterministic ids
 VALIDATORS = {
+    "Consent": Consent,
     "DiagnosticReport": DiagnosticReport,
     "Observation": Observation,
     "Device": Device,

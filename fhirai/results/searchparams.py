@@ -91,6 +91,15 @@ PARAMS: dict[str, list[Param]] = {
             documentation="fhirai's own: the ImagingStudy read, by StudyInstanceUID, urn:oid:UID or ImagingStudy/id",
         ),
     ],
+    # A patient's consent decisions; an active Consent whose provision denies is an opt-out of AI
+    # processing (fhirai.context.consent).
+    "Consent": [
+        *_common(),
+        _std("Consent", "identifier", "token", "identifier", common="clinical"),
+        _std("Consent", "patient", "reference", "patient", target="Patient", common="clinical"),
+        _std("Consent", "status", "token", "status"),
+        _std("Consent", "date", "date", "dateTime", common="clinical"),
+    ],
     "Observation": [
         *_common(),
         *_clinical("Observation"),

@@ -73,3 +73,63 @@ def test_hl7_pd1_12_sets_and_lifts_the_opt_out(settings, blob_dir):
     stored = messages_receive([inbound_from(adt("PD1-3", ""), "t")[1]])
     messages_process(up_to=max(s.message_id for s in stored))
     assert not OptOut.objects.get(mrn="MRN-PD1-7", source="hl7").active
+
+
+def _consent(status: str, provision: str, patient_id: str, rid: str | None = None) -> dict:
+    body = {
+        "resourceType": "Consent",
+        "status": status,
+        "scope": {
+            "coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "research"}]
+        },
+        "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
+        "patient": {"reference": f"Patient/{patient_id}"},
+        "policyRule": {
+            "coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "OPTOUT"}]
+        },
+        "provision": {"type": provision},
+    }
+    return {**body, "id": rid} if rid else body
+
+
+def test_a_fhir_consent_that_denies_is_an_opt_out_and_a_later_version_lifts_it(client, settings, blob_dir):
+    import json
+
+    token = token_issue("consent-engine", role="operator")[1]
+    headers = {"Authorization": f"Bearer {token}"}
+    patient = client.post(
+        "/fhir/Patient",
+        json.dumps(
+            {"resourceType": "Patient", "identifier": [{"system": "urn:hosp:mrn", "value": "MRN-CONS-9"}]}
+        ),
+        content_type="application/fhir+json",
+        headers=headers,
+    )
+    assert patient.status_code == 201
+    created = client.post(
+        "/fhir/Consent",
+        json.dumps(_consent("active", "deny", patient.json()["id"])),
+        content_type="application/fhir+json",
+        headers=headers,
+    )
+    assert created.status_code == 201, created.content
+    row = OptOut.objects.get(mrn="MRN-CONS-9", source="fhir")
+    assert row.active and row.reference == f"Consent/{created.json()['id']}"
+    study = _study("MRN-CONS-9", 5)
+    assert pipeline.complete_and_deidentify(study, settings) is None
+    assert TimelineEvent.objects.filter(
+        item_kind="study", item_id=study.pk, detail="skipped: opt-out (FHIR Consent)"
+    ).exists()
+    rid = created.json()["id"]
+    updated = client.put(
+        f"/fhir/Consent/{rid}",
+        json.dumps(_consent("inactive", "deny", patient.json()["id"], rid)),
+        content_type="application/fhir+json",
+        headers=headers,
+    )
+    assert updated.status_code == 200, updated.content
+    assert not OptOut.objects.get(mrn="MRN-CONS-9", source="fhir").active
+    assert (
+        client.get("/fhir/Consent?patient=Patient/" + patient.json()["id"], headers=headers).json()["total"]
+        == 1
+    )
