@@ -156,6 +156,10 @@ class S3Backend:
         except (BotoCoreError, ClientError) as exc:
             raise _translate(exc, key) from exc
 
+    def replace(self, key: str, data: bytes) -> None:
+        """PutObject replaces an object atomically: readers get the old or the new one."""
+        self.put(key, data)
+
     def delete(self, key: str) -> None:
         # DeleteObject succeeds for a missing key: idempotent as the contract asks.
         store = area_store(key.partition("/")[0])

@@ -474,6 +474,9 @@ try:
         re.compile(_regex)
 except (ValueError, AttributeError, re.error) as _exc:
     raise ImproperlyConfigured(f"FHIRAI_DEID_ID_PATTERNS must be a JSON object of regexes: {_exc}") from None
+# Blob keys (any strings; AES-256 keys are derived from them): with any set, blobs are encrypted at
+# rest under the first, and read under whichever wrote them (fhirai.blobs). Empty: not encrypted.
+FHIRAI_BLOB_KEYS = [k.strip() for k in env_secret("FHIRAI_BLOB_KEYS").split(",") if k.strip()]
 # Vault keys (any strings; AES-256 keys are derived from them): the first encrypts, all decrypt.
 FHIRAI_VAULT_KEYS = [
     k.strip()

@@ -270,3 +270,15 @@ def test_settings_read_the_deid_credentials_from_files(monkeypatch, tmp_path):
 def test_settings_refuse_an_unusable_blob_store_at_startup(env, complaint, monkeypatch):
     with pytest.raises(ImproperlyConfigured, match=complaint):
         _settings_with(monkeypatch, **env)
+
+
+def test_encrypted_at_rest_on_s3_and_rekeyed_in_place(s3, settings):
+    settings.FHIRAI_BLOB_KEYS = ["s3-old-key"]
+    data = b"\x00DICM" + b"Testperson^Alma" * 64
+    key = blobs.put(data, area="raw")
+    stored = s3.client().get_object(Bucket=s3.bucket, Key=key)["Body"].read()
+    assert stored.startswith(blobs.MAGIC) and b"Testperson" not in stored
+    settings.FHIRAI_BLOB_KEYS = ["s3-new-key", "s3-old-key"]
+    assert blobs.rekey(key) and not blobs.rekey(key)
+    settings.FHIRAI_BLOB_KEYS = ["s3-new-key"]
+    assert blobs.get(key) == data
