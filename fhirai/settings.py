@@ -474,6 +474,12 @@ try:
         re.compile(_regex)
 except (ValueError, AttributeError, re.error) as _exc:
     raise ImproperlyConfigured(f"FHIRAI_DEID_ID_PATTERNS must be a JSON object of regexes: {_exc}") from None
+# Retention (fhirai.ops.retention, run by the sweep): days after an item's last change before its
+# data as received (DICOM instances, HL7 messages, kept rejections, the identified SR and key images)
+# and its de-identified copies are removed; 0 keeps them for ever. Rows, timelines, reports and
+# the audit trail stay.
+FHIRAI_RETENTION_RAW_DAYS = env_int("FHIRAI_RETENTION_RAW_DAYS", 0, minimum=0)
+FHIRAI_RETENTION_DEID_DAYS = env_int("FHIRAI_RETENTION_DEID_DAYS", 0, minimum=0)
 # Blob keys (any strings; AES-256 keys are derived from them): with any set, blobs are encrypted at
 # rest under the first, and read under whichever wrote them (fhirai.blobs). Empty: not encrypted.
 FHIRAI_BLOB_KEYS = [k.strip() for k in env_secret("FHIRAI_BLOB_KEYS").split(",") if k.strip()]

@@ -20,6 +20,7 @@ from fhirai.context.acks import app_acks_due
 from fhirai.context.messages import messages_redispatch_stalled
 from fhirai.context.reports import reports_redispatch_stalled
 from fhirai.ingest.models import Study, StudyState
+from fhirai.ops.retention import retention_purge
 from fhirai.results.commitment import commitments_expire
 from fhirai.results.writeback import deliveries_due, delivery_redispatch, written_back_reap
 from fhirai.routing.jobs import job_retry, jobs_redispatch_stalled, study_route
@@ -46,6 +47,7 @@ def pipeline_sweep() -> dict[str, int]:
     counts["reports_redispatched"] = reports_redispatch_stalled()
     counts["webhooks_dispatched"] = webhooks_sweep()
     counts["audit_forwarded"] = audit_forward()
+    counts.update(retention_purge())
     if any(counts.values()):
         log.info("sweep: %s", counts)
     return counts

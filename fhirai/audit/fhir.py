@@ -137,6 +137,8 @@ def _access_shape(action: str) -> tuple[dict[str, str], dict[str, str], str]:
             {"system": DCM, "code": "110122", "display": "Login"},
             "E",
         )
+    if verb == "purge":
+        return {"system": REST, "code": "rest"}, {"system": INTERACTION, "code": "delete"}, "D"
     if verb in QUERIES:
         return {"system": REST, "code": "rest"}, {"system": INTERACTION, "code": "search-type"}, "E"
     if verb in (

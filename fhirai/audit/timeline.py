@@ -23,6 +23,7 @@ class Event(models.TextChoices):
     RETRIED = "retried"
     REPLAYED = "replayed"
     FAILED = "failed"
+    PURGED = "purged"  # retention: the item's stored data removed after the configured days
 
 
 def record(kind: str, item_id: int, event: Event, *, detail: str = "", error: str = "") -> TimelineEvent:

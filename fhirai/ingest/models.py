@@ -42,6 +42,10 @@ class Study(models.Model):
     instance_count = models.PositiveIntegerField(default=0)
     first_received_at = models.DateTimeField()
     last_received_at = models.DateTimeField()
+    # Retention (fhirai.ops.retention): when the instances as received (with the SR and key image
+    # built from them) and when the de-identified copies were removed; null while kept.
+    raw_purged_at = models.DateTimeField(null=True, blank=True)
+    deid_purged_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         indexes = [
@@ -131,6 +135,7 @@ class Message(models.Model):
     error = models.TextField(blank=True, default="")
     received_at = models.DateTimeField()
     processed_at = models.DateTimeField(null=True, blank=True)
+    raw_purged_at = models.DateTimeField(null=True, blank=True)  # retention: `raw` emptied then
 
     class Meta:
         constraints = [

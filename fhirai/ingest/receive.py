@@ -321,6 +321,8 @@ def _facts(
         "error": "",
         "instance_count": 0,
         "role": role,
+        "raw_purged_at": None,
+        "deid_purged_at": None,
     }
     values = _instance_values(
         ds, raw_size=0, key="", calling_ae=calling_ae, transfer_syntax_uid=transfer_syntax_uid, now=now

@@ -67,6 +67,14 @@ def study_retry_kind(study: Study) -> str:
     return "de-identification"
 
 
+def _not_purged(study: Study) -> None:
+    when = study.raw_purged_at or study.deid_purged_at
+    if when is not None:
+        raise NotRetryable(
+            f"study {study.pk}: its data was removed under the retention policy on {when:%Y-%m-%d}; it cannot run again"
+        )
+
+
 def study_retry(study_id: int, *, actor: str) -> tuple[str, str]:
     """Restart a failed study from the stage it failed at; returns (kind, detail)."""
     study = Study.objects.filter(pk=study_id).first()
@@ -74,6 +82,7 @@ def study_retry(study_id: int, *, actor: str) -> tuple[str, str]:
         raise NotFound(f"no study {study_id}")
     if study.state != StudyState.FAILED:
         raise NotRetryable(f"study {study_id} is {study.state}, not failed: nothing to retry")
+    _not_purged(study)
     kind = study_retry_kind(study)
     with transaction.atomic():
         if kind == "inference":
@@ -173,6 +182,7 @@ def study_replay(study_id: int, *, actor: str) -> str:
     study = Study.objects.filter(pk=study_id).first()
     if study is None:
         raise NotFound(f"no study {study_id}")
+    _not_purged(study)
     detail = f"replay by {actor}: revision {study.revision + 1} through the pipeline"
     with transaction.atomic():
         moved = study_transition(
@@ -193,6 +203,8 @@ def study_replay(study_id: int, *, actor: str) -> str:
 
 
 def _message_again(message_id: int, *, from_states: list[str], event: Event, detail: str) -> None:
+    if Message.objects.filter(pk=message_id, raw_purged_at__isnull=False).exists():
+        raise NotRetryable(f"message {message_id}: its bytes were removed under the retention policy")
     with transaction.atomic():
         moved = Message.objects.filter(pk=message_id, state__in=from_states).update(
             state=MessageState.RECEIVED, error="", processed_at=None
