@@ -61,7 +61,9 @@ class Site:
         }
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
         self.kills: Counter[str] = Counter()
+        self.exits: Counter[str] = Counter()  # processes that ended on their own (and were restarted)
         self.lock = threading.Lock()
+        self._supervising = threading.Event()
 
     def argv(self, name: str) -> list[str]:
         py, manage = sys.executable, str(ROOT / "manage.py")
@@ -97,7 +99,24 @@ class Site:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         for name in PROCESS_NAMES:
             self.start(name)
+        self._supervising.set()
+        threading.Thread(target=self._supervise, daemon=True).start()
         self.wait_ready(timeout)
+
+    def _supervise(self) -> None:
+        """What `manage.py run` (or systemd's Restart=always) does in production: a process that
+        ends on its own (a worker that loses its broker mid-shutdown, say) is started again. The
+        count is reported; the injector's own kills restart through kill() and start()."""
+        while self._supervising.is_set():
+            time.sleep(0.5)
+            with self.lock:
+                ended = [n for n, p in self.processes.items() if p.poll() is not None]
+                for name in ended:
+                    self.processes.pop(name)
+                    self.exits[name] += 1
+            for name in ended:
+                if self._supervising.is_set():
+                    self.start(name)
 
     def wait_ready(self, timeout: float = 120) -> None:
         """Until every listener answers (a process the last fault restarted may still be starting)."""
@@ -119,6 +138,7 @@ class Site:
         self.kills[name] += 1
 
     def stop_all(self) -> None:
+        self._supervising.clear()
         with self.lock:
             processes = dict(self.processes)
             self.processes.clear()

@@ -248,6 +248,7 @@ def _check(site: Site, db_url: str, ledger: Ledger, upstream: FhirUpstream, peer
         "upstream DiagnosticReports": len(upstream_reports),
         "distinct ORU^R01 at EHR": len(orus),
         "kills": dict(site.kills),
+        "ended on their own and restarted": dict(site.exits),
     }
     assert not problems, f"{problems}\n{summary}"
     return summary
