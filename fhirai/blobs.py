@@ -59,9 +59,25 @@ class LocalBackend:
         self.root = root
 
     def put(self, key: str, data: bytes) -> None:
-        path = self.root / key
-        if path.exists():
+        if (self.root / key).exists():
             return
+        self.replace(key, data)
+
+    def get(self, key: str) -> bytes:
+        try:
+            return (self.root / key).read_bytes()
+        except FileNotFoundError:
+            raise NotFound(f"no blob {key}") from None
+        except OSError as exc:
+            raise Unavailable(f"blob store: {exc.strerror or exc}") from exc
+
+    def delete(self, key: str) -> None:
+        (self.root / key).unlink(missing_ok=True)
+
+    def replace(self, key: str, data: bytes) -> None:
+        """Write `key` whether or not it exists, by atomic rename (a reader sees the old bytes or
+        the new, never a mix), fsynced with its directory entry."""
+        path = self.root / key
         try:
             try:
                 fd, tmp = tempfile.mkstemp(dir=_shard_ready(str(path.parent)), prefix=".tmp-")
@@ -80,35 +96,6 @@ class LocalBackend:
             _fsync_dir(path.parent)
         except OSError as exc:
             # ENOSPC, EIO, a read-only mount: the sender must retry later, never get a false ACK.
-            raise Unavailable(f"blob store: {exc.strerror or exc}") from exc
-
-    def get(self, key: str) -> bytes:
-        try:
-            return (self.root / key).read_bytes()
-        except FileNotFoundError:
-            raise NotFound(f"no blob {key}") from None
-        except OSError as exc:
-            raise Unavailable(f"blob store: {exc.strerror or exc}") from exc
-
-    def delete(self, key: str) -> None:
-        (self.root / key).unlink(missing_ok=True)
-
-    def replace(self, key: str, data: bytes) -> None:
-        """Overwrite `key` atomically (a reader sees the old bytes or the new, never a mix)."""
-        path = self.root / key
-        try:
-            fd, tmp = tempfile.mkstemp(dir=_shard_ready(str(path.parent)), prefix=".tmp-")
-            try:
-                with os.fdopen(fd, "wb") as fh:
-                    fh.write(data)
-                    fh.flush()
-                    os.fsync(fh.fileno())
-                os.replace(tmp, path)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
-            _fsync_dir(path.parent)
-        except OSError as exc:
             raise Unavailable(f"blob store: {exc.strerror or exc}") from exc
 
 

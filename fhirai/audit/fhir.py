@@ -19,6 +19,21 @@ TYPES = {
 DEFAULT_TYPE = ("110100", "Application Activity", "E")
 
 
+def _source() -> dict[str, Any]:
+    """AuditEvent.source: fhirai at this site, an application server, observed every event."""
+    return {
+        "site": settings.FHIRAI_BASE_URL,
+        "observer": {"display": "fhirai"},
+        "type": [
+            {
+                "system": "http://terminology.hl7.org/CodeSystem/security-source-type",
+                "code": "4",
+                "display": "Application Server",
+            }
+        ],
+    }
+
+
 def audit_event(event: TimelineEvent) -> dict[str, Any]:
     """One timeline event as an R4 AuditEvent."""
     code, display, action = TYPES.get(event.event, DEFAULT_TYPE)
@@ -53,17 +68,7 @@ def audit_event(event: TimelineEvent) -> dict[str, Any]:
                 "requestor": False,
             }
         ],
-        "source": {
-            "site": settings.FHIRAI_BASE_URL,
-            "observer": {"display": "fhirai"},
-            "type": [
-                {
-                    "system": "http://terminology.hl7.org/CodeSystem/security-source-type",
-                    "code": "4",
-                    "display": "Application Server",
-                }
-            ],
-        },
+        "source": _source(),
         "entity": [
             {
                 "what": {
@@ -226,17 +231,7 @@ def access_audit_event(event: Any) -> dict[str, Any]:
                 "requestor": False,
             },
         ],
-        "source": {
-            "site": settings.FHIRAI_BASE_URL,
-            "observer": {"display": "fhirai"},
-            "type": [
-                {
-                    "system": "http://terminology.hl7.org/CodeSystem/security-source-type",
-                    "code": "4",
-                    "display": "Application Server",
-                }
-            ],
-        },
+        "source": _source(),
         "entity": entities,
     }
 

@@ -248,7 +248,7 @@ def delivery_attempt(delivery_id: int) -> None:
             # The study's last delivery moves it to written_back. Two destinations finishing at the
             # same moment (two workers) would each see the other still sending and neither would
             # move it: the study row's lock makes the second wait and then see the first.
-            list(Study.objects.select_for_update().filter(pk=delivery.study_id).values_list("pk", flat=True))
+            _study_lock(delivery.study_id)
         _attempt_record(
             delivery,
             attempts,
@@ -285,6 +285,12 @@ def delivery_attempt(delivery_id: int) -> None:
             )
 
 
+def _study_lock(study_id: int) -> None:
+    """Hold the study's row until the transaction ends: whoever decides that the study's last
+    delivery is done (a worker finishing one, the sweep's reaper) does so one at a time."""
+    list(Study.objects.select_for_update().filter(pk=study_id).values_list("pk", flat=True))
+
+
 def written_back_reap() -> int:
     """Studies left in reported although every delivery of their current report versions was
     delivered (a state move lost to a race or a crash between the two): moved to written_back."""
@@ -297,7 +303,7 @@ def written_back_reap() -> int:
         if not current.exists() or current.exclude(state=DeliveryState.DELIVERED).exists():
             continue
         with transaction.atomic():
-            list(Study.objects.select_for_update().filter(pk=study_id).values_list("pk", flat=True))
+            _study_lock(study_id)
             if current.exclude(state=DeliveryState.DELIVERED).exists():
                 continue
             count += bool(

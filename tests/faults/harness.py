@@ -32,7 +32,7 @@ from pydicom import dcmread
 from integrations.hl7.mllp import END, START, Framer
 from tests.support.hl7msg import message, msh
 from tests.support.phantom import ct_phantom
-from tests.support.product import ROOT, port_open
+from tests.support.product import ROOT, fhir_get, free_port, http_healthy, manage, port_open, product_env
 
 PROCESS_NAMES = ("http", "dicom_scp", "mllp", "worker-default", "worker-inference")
 
@@ -42,23 +42,13 @@ class Site:
     SIGKILL takes the process and its pool children, as an OOM kill or a crashed host would."""
 
     def __init__(self, data_dir: Path, env: dict[str, str]) -> None:
-        from tests.support.product import free_port
-
         self.data_dir = data_dir
         self.http_port, self.dicom_port, self.mllp_port = free_port(), free_port(), free_port()
-        base = {k: v for k, v in os.environ.items() if not k.startswith(("FHIRAI_", "DJANGO_", "PYTEST"))}
-        base.pop("DATABASE_URL", None)
-        base.pop("CELERY_BROKER_URL", None)
-        self.env = {
-            **base,
-            "DJANGO_SETTINGS_MODULE": "fhirai.settings",
-            "FHIRAI_DATA_DIR": str(data_dir),
-            "FHIRAI_HTTP_PORT": str(self.http_port),
-            "FHIRAI_DICOM_PORT": str(self.dicom_port),
-            "FHIRAI_MLLP_PORT": str(self.mllp_port),
-            "FHIRAI_DEID_SECRET": "faults-secret",
-            **env,
-        }
+        self.env = product_env(
+            data_dir,
+            (self.http_port, self.dicom_port, self.mllp_port),
+            {"FHIRAI_DEID_SECRET": "faults-secret", **env},
+        )
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
         self.kills: Counter[str] = Counter()
         self.exits: Counter[str] = Counter()  # processes that ended on their own (and were restarted)
@@ -77,10 +67,7 @@ class Site:
         return [py, manage, name]
 
     def manage(self, *args: str) -> None:
-        done = subprocess.run(
-            [sys.executable, "manage.py", *args], cwd=ROOT, env=self.env, capture_output=True, text=True
-        )
-        assert done.returncode == 0, done.stderr[-3000:]
+        manage(self.env, *args)
 
     def start(self, name: str) -> None:
         log = open(self.data_dir / f"{name}.log", "ab")  # noqa: SIM115 - handed to the child
@@ -154,18 +141,10 @@ class Site:
                 process.wait()
 
     def http_ok(self) -> bool:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}/healthz", timeout=2) as r:
-                return r.status == 200
-        except (urllib.error.URLError, OSError):
-            return False
+        return http_healthy(self.http_port)
 
     def get(self, path: str) -> dict[str, Any]:
-        request = urllib.request.Request(
-            f"http://127.0.0.1:{self.http_port}{path}", headers={"Accept": "application/fhir+json"}
-        )
-        with urllib.request.urlopen(request, timeout=20) as response:
-            return json.loads(response.read())
+        return fhir_get(self.http_port, path, timeout=20)
 
     def tail(self, name: str, n: int = 3000) -> str:
         try:

@@ -52,28 +52,73 @@ class FreshDatabase:
             conn.execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
 
 
+def product_env(data_dir: Path, ports: tuple[int, int, int], env: dict[str, str]) -> dict[str, str]:
+    """The environment of an installation's processes: this process's own minus fhirai's, Django's
+    and pytest's settings, then the data dir and the HTTP, DICOM and MLLP ports, then `env`."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("FHIRAI_", "DJANGO_", "PYTEST"))}
+    base.pop("DATABASE_URL", None)
+    base.pop("CELERY_BROKER_URL", None)
+    http_port, dicom_port, mllp_port = ports
+    return {
+        **base,
+        "DJANGO_SETTINGS_MODULE": "fhirai.settings",
+        "FHIRAI_DATA_DIR": str(data_dir),
+        "FHIRAI_HTTP_PORT": str(http_port),
+        "FHIRAI_DICOM_PORT": str(dicom_port),
+        "FHIRAI_MLLP_PORT": str(mllp_port),
+        **env,
+    }
+
+
+def manage(env: dict[str, str], *args: str) -> str:
+    """`python manage.py ARGS` in that environment; its stdout (asserts it succeeded)."""
+    done = subprocess.run(
+        [sys.executable, "manage.py", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
+def http_healthy(port: int) -> bool:
+    """Whether the HTTP server on `port` answers /healthz with 200."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as response:
+            return response.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def fhir_get(port: int, path: str, *, timeout: float) -> dict[str, Any]:
+    """GET a FHIR path on the HTTP server on `port`, as JSON."""
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}{path}", headers={"Accept": "application/fhir+json"}
+    )
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        return json.loads(response.read())
+
+
 class Product:
     """One installation: its own data dir, ports and environment; start/stop/kill as an operator would."""
 
     def __init__(self, data_dir: Path, env: dict[str, str]) -> None:
         self.data_dir = data_dir
         self.http_port, self.dicom_port, self.mllp_port = free_port(), free_port(), free_port()
-        base = {k: v for k, v in os.environ.items() if not k.startswith(("FHIRAI_", "DJANGO_", "PYTEST"))}
-        base.pop("DATABASE_URL", None)
-        base.pop("CELERY_BROKER_URL", None)
-        self.env = {
-            **base,
-            "DJANGO_SETTINGS_MODULE": "fhirai.settings",
-            "FHIRAI_DATA_DIR": str(data_dir),
-            "FHIRAI_HTTP_PORT": str(self.http_port),
-            "FHIRAI_DICOM_PORT": str(self.dicom_port),
-            "FHIRAI_MLLP_PORT": str(self.mllp_port),
-            "FHIRAI_STUDY_QUIET_SECONDS": "2",
-            "FHIRAI_SWEEP_SECONDS": "0.5",
-            "FHIRAI_WORKER_CONCURRENCY": "1",
-            "FHIRAI_DEID_SECRET": "e2e-secret",
-            **env,
-        }
+        self.env = product_env(
+            data_dir,
+            (self.http_port, self.dicom_port, self.mllp_port),
+            {
+                "FHIRAI_STUDY_QUIET_SECONDS": "2",
+                "FHIRAI_SWEEP_SECONDS": "0.5",
+                "FHIRAI_WORKER_CONCURRENCY": "1",
+                "FHIRAI_DEID_SECRET": "e2e-secret",
+                **env,
+            },
+        )
         self.process: subprocess.Popen[bytes] | None = None
         self.log = data_dir / "run.log"
 
@@ -82,16 +127,7 @@ class Product:
         return f"http://127.0.0.1:{self.http_port}"
 
     def manage(self, *args: str) -> str:
-        done = subprocess.run(
-            [sys.executable, "manage.py", *args],
-            cwd=ROOT,
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        assert done.returncode == 0, done.stderr[-3000:]
-        return done.stdout
+        return manage(self.env, *args)
 
     def start(self, timeout: float = 90) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -117,11 +153,7 @@ class Product:
         raise AssertionError(f"product did not start: {self.tail()}")
 
     def _healthy(self) -> bool:
-        try:
-            with urllib.request.urlopen(f"{self.http}/healthz", timeout=2) as response:
-                return response.status == 200
-        except (urllib.error.URLError, OSError):
-            return False
+        return http_healthy(self.http_port)
 
     def stop(self) -> None:
         self._signal(signal.SIGTERM, wait=45)
@@ -150,9 +182,7 @@ class Product:
         self.process = None
 
     def get(self, path: str) -> dict[str, Any]:
-        request = urllib.request.Request(f"{self.http}{path}", headers={"Accept": "application/fhir+json"})
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return json.loads(response.read())
+        return fhir_get(self.http_port, path, timeout=10)
 
     def wait_for(self, path: str, predicate: Any, timeout: float = 120) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
