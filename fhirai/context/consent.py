@@ -6,7 +6,7 @@ from __future__ import annotations
 from django.db.models import Q
 from django.utils import timezone
 
-from fhirai.context.models import OptOut
+from fhirai.context.models import ClinicalReport, OptOut, Order
 from fhirai.context.records import fhir_subject_patient, mrn_system
 
 SOURCES = ("site", "hl7", "fhir")
@@ -51,6 +51,21 @@ def optout_sources(mrn: str, authority: str = "", *, system: str = "") -> list[s
             Q(mrn_system=system or mrn_system(authority)) | Q(source="site", mrn_system=mrn_system(""))
         )
     return sorted(set(rows.values_list("source", flat=True)))
+
+
+def study_optout(study: object) -> list[str]:
+    """The opt-out sources of a study's patient (from its header's patient ID and issuer)."""
+    return optout_sources(study.patient_id, study.issuer_of_patient_id)  # type: ignore[attr-defined]
+
+
+def clinical_report_optout(report: ClinicalReport) -> list[str]:
+    """The opt-out sources of a clinical report's patient, found through its order's accession
+    ([] when the report names no order known here: there is no patient to ask about)."""
+    if not report.accession:
+        return []
+    order = Order.objects.filter(accession=report.accession).select_related("patient").first()
+    patient = order.patient.surviving() if order is not None and order.patient is not None else None
+    return optout_sources(patient.mrn, system=patient.mrn_system) if patient is not None else []
 
 
 def optout_detail(sources: list[str]) -> str:

@@ -55,6 +55,18 @@ class Study(models.Model):
             models.Index(fields=["accession_number"]),
             # The worklist (newest first) and the dashboard's window.
             models.Index(fields=["first_received_at"]),
+            # Retention's candidates: only rows whose data is still kept, so its pass stays an
+            # empty index scan however many purged studies pile up behind it.
+            models.Index(
+                fields=["state_changed_at"],
+                condition=models.Q(raw_purged_at__isnull=True),
+                name="study_raw_kept",
+            ),
+            models.Index(
+                fields=["state_changed_at"],
+                condition=models.Q(deid_purged_at__isnull=True),
+                name="study_deid_kept",
+            ),
         ]
         verbose_name_plural = "studies"
 
@@ -102,6 +114,10 @@ class Rejection(models.Model):
 
     class Meta:
         ordering = ["-received_at"]
+        indexes = [
+            # Retention's candidates: rejections whose bytes are still kept (see Study).
+            models.Index(fields=["received_at"], condition=~models.Q(blob_key=""), name="rejection_kept"),
+        ]
 
 
 class MessageState(models.TextChoices):
@@ -146,6 +162,12 @@ class Message(models.Model):
             # The worklist (newest first) and the dashboard's window and completions per hour.
             models.Index(fields=["received_at"]),
             models.Index(fields=["state", "processed_at"]),
+            # Retention's candidates (see Study): messages whose bytes are still kept.
+            models.Index(
+                fields=["received_at"],
+                condition=models.Q(raw_purged_at__isnull=True),
+                name="message_raw_kept",
+            ),
         ]
 
     def __str__(self) -> str:

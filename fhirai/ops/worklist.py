@@ -157,4 +157,4 @@ def report_state(report: ClinicalReport) -> str:
         return "failed"
     if not report.deid_blob_key:
         return "pending"
-    return "queued" if states - {"done", "delivered"} else "done"
+    return "queued" if states - {"done", "delivered", "withheld"} else "done"

@@ -66,6 +66,9 @@ class DeliveryState(models.TextChoices):
     SENDING = "sending"
     DELIVERED = "delivered"
     FAILED = "failed"
+    # Not sent: the patient opted out of AI processing after the report was made (final; the
+    # report stays here, readable in the console and facade by the roles that may).
+    WITHHELD = "withheld"
 
 
 class Delivery(models.Model):

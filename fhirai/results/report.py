@@ -21,6 +21,7 @@ from pydicom.dataset import Dataset
 
 from fhirai import blobs
 from fhirai.audit.timeline import Event, record
+from fhirai.context.consent import clinical_report_optout, study_optout
 from fhirai.context.records import (
     order_for_accession,
     order_reference,
@@ -339,7 +340,10 @@ def result_report_put(job: Any, ctx: ResultContext, *, clinical: Any = None) -> 
             tokens=[("_tag", system("report"), provenance["meta"]["tag"][0]["code"])],
         )
         queued = deliveries_create(row, ctx.study, clinical_report=clinical)
-        report_created_emit(row, job=job, study=ctx.study, clinical_report=clinical)  # webhooks
+        # Webhooks carry the report out too: none for a patient who opted out meanwhile (the
+        # deliveries are withheld when their turn comes, and say so on the timeline).
+        if not (study_optout(ctx.study) if ctx.study is not None else clinical_report_optout(clinical)):
+            report_created_emit(row, job=job, study=ctx.study, clinical_report=clinical)
         detail = f"DiagnosticReport/{row.rid} v{row.version_id}, {len(observations)} observations" + (
             f"; {queued} write-back(s) queued" if queued else ""
         )

@@ -25,6 +25,7 @@ from django.utils.module_loading import import_string
 
 from fhirai.audit.timeline import Event, record
 from fhirai.celery import TASK_DELIVER, dispatch_on_commit
+from fhirai.context.consent import clinical_report_optout, optout_detail, study_optout
 from fhirai.errors import Unavailable
 from fhirai.ingest.models import Study, StudyState
 from fhirai.ingest.state import study_fail, study_transition
@@ -232,7 +233,11 @@ def delivery_attempt(delivery_id: int) -> None:
     ).update(state=DeliveryState.SENDING, claimed_at=now)
     if not claimed:
         return
-    delivery = Delivery.objects.select_related("report").get(pk=delivery_id)
+    delivery = Delivery.objects.select_related("report", "study", "clinical_report").get(pk=delivery_id)
+    opted_out = delivery_optout(delivery)
+    if opted_out:
+        _delivery_withhold(delivery, opted_out)
+        return
     attempts = delivery.attempts + 1
     started = time.monotonic()
     try:
@@ -268,21 +273,56 @@ def delivery_attempt(delivery_id: int) -> None:
         delivery.state, delivery.delivered_at = DeliveryState.DELIVERED, timezone.now()
         delivery.save()
         detail = f"{delivery.destination}: {answer} after {attempts} attempt(s)"
-        open_ones = Delivery.objects.filter(
-            report_id=delivery.report_id, report_version=delivery.report_version
-        )
         if delivery.study_id is None:
             record(*_timeline_of(delivery), Event.WRITTEN_BACK, detail=detail)
-        elif open_ones.exclude(state=DeliveryState.DELIVERED).exists():
-            record("study", delivery.study_id, Event.WRITTEN_BACK, detail=detail)
         else:
-            study_transition(
-                delivery.study_id,
-                from_states=[StudyState.REPORTED],
-                to=StudyState.WRITTEN_BACK,
-                event=Event.WRITTEN_BACK,
-                detail=detail,
-            )
+            _study_settle(delivery, Event.WRITTEN_BACK, detail)
+
+
+FINISHED = (DeliveryState.DELIVERED, DeliveryState.WITHHELD)
+
+
+def delivery_optout(delivery: Delivery) -> list[str]:
+    """The opt-out sources of the patient a delivery's report is about ([] when none). Asked
+    before every attempt: an opt-out that arrives after routing (while the model ran, or while a
+    destination was down) still keeps the result from leaving."""
+    if delivery.study_id is not None:
+        return study_optout(delivery.study)
+    if delivery.clinical_report is not None:
+        return clinical_report_optout(delivery.clinical_report)
+    return []
+
+
+def _delivery_withhold(delivery: Delivery, sources: list[str]) -> None:
+    """Keep a claimed delivery from leaving: it ends withheld, and the timeline says why."""
+    detail = f"{optout_detail(sources)}: the report is kept here, not written to {delivery.destination}"
+    with transaction.atomic():
+        if delivery.study_id is not None:
+            _study_lock(delivery.study_id)
+        delivery.state = DeliveryState.WITHHELD
+        delivery.save(update_fields=["state"])
+        if delivery.study_id is None:
+            record(*_timeline_of(delivery), Event.SKIPPED, detail=detail)
+        else:
+            _study_settle(delivery, Event.SKIPPED, detail)
+
+
+def _study_settle(delivery: Delivery, event: str, detail: str) -> None:
+    """After one of a study's deliveries finished (under the study's lock): while others of the
+    same report version are open, the timeline notes this one; once none is, the study ends
+    written_back when any destination got the report, else no_model (all withheld: opt-out)."""
+    siblings = Delivery.objects.filter(report_id=delivery.report_id, report_version=delivery.report_version)
+    if siblings.exclude(state__in=FINISHED).exists():
+        record("study", delivery.study_id, event, detail=detail)
+        return
+    sent = siblings.filter(state=DeliveryState.DELIVERED).exists()
+    study_transition(
+        delivery.study_id,
+        from_states=[StudyState.REPORTED],
+        to=StudyState.WRITTEN_BACK if sent else StudyState.NO_MODEL,
+        event=event,
+        detail=detail,
+    )
 
 
 def _study_lock(study_id: int) -> None:
@@ -293,26 +333,29 @@ def _study_lock(study_id: int) -> None:
 
 def written_back_reap() -> int:
     """Studies left in reported although every delivery of their current report versions was
-    delivered (a state move lost to a race or a crash between the two): moved to written_back."""
+    delivered or withheld (a state move lost to a race or a crash between the two): moved on."""
     cutoff = timezone.now() - timedelta(seconds=settings.FHIRAI_STALL_SECONDS)
     count = 0
     for study_id in Study.objects.filter(state=StudyState.REPORTED, state_changed_at__lte=cutoff).values_list(
         "pk", flat=True
     )[:200]:
         current = Delivery.objects.filter(study_id=study_id, report_version=F("report__version_id"))
-        if not current.exists() or current.exclude(state=DeliveryState.DELIVERED).exists():
+        if not current.exists() or current.exclude(state__in=FINISHED).exists():
             continue
         with transaction.atomic():
             _study_lock(study_id)
-            if current.exclude(state=DeliveryState.DELIVERED).exists():
+            if current.exclude(state__in=FINISHED).exists():
                 continue
+            sent = current.filter(state=DeliveryState.DELIVERED).exists()
             count += bool(
                 study_transition(
                     study_id,
                     from_states=[StudyState.REPORTED],
-                    to=StudyState.WRITTEN_BACK,
-                    event=Event.WRITTEN_BACK,
-                    detail="every destination has the report (state move recovered by the sweep)",
+                    to=StudyState.WRITTEN_BACK if sent else StudyState.NO_MODEL,
+                    event=Event.WRITTEN_BACK if sent else Event.SKIPPED,
+                    detail="every destination has the report (state move recovered by the sweep)"
+                    if sent
+                    else "every delivery withheld: opt-out (state move recovered by the sweep)",
                 )
             )
     return count

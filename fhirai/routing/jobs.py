@@ -12,8 +12,8 @@ from django.utils import timezone
 
 from fhirai.audit.timeline import Event, record
 from fhirai.celery import TASK_INFER, dispatch_on_commit
-from fhirai.context.consent import optout_detail, optout_sources
-from fhirai.context.models import ClinicalReport, Order
+from fhirai.context.consent import clinical_report_optout, optout_detail, study_optout
+from fhirai.context.models import ClinicalReport
 from fhirai.deid.fhir import reference_pseudonym
 from fhirai.deid.vault import vault_lookup
 from fhirai.errors import NotFound
@@ -38,7 +38,7 @@ def study_route(study_id: int) -> None:
     if study.role == priors.PRIOR_ROLE:
         priors.prior_study_routed(study)
         return
-    opted_out = optout_sources(study.patient_id, study.issuer_of_patient_id)
+    opted_out = study_optout(study)
     if opted_out:  # the patient objects: no model sees it, and nothing of it is exported
         study_transition(
             study_id,
@@ -113,13 +113,7 @@ def report_route(report_id: int) -> int:
     report = ClinicalReport.objects.select_related("message", "resource").filter(pk=report_id).first()
     if report is None or not report.deid_blob_key:
         return 0
-    order = (
-        Order.objects.filter(accession=report.accession).select_related("patient").first()
-        if report.accession
-        else None
-    )
-    patient = order.patient.surviving() if order is not None and order.patient is not None else None
-    opted_out = optout_sources(patient.mrn, system=patient.mrn_system) if patient is not None else []
+    opted_out = clinical_report_optout(report)
     if opted_out:
         record(*report.timeline(), Event.SKIPPED, detail=optout_detail(opted_out))
         return 0
