@@ -12,6 +12,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
+from fhirai.api.access import audit_seal
 from fhirai.assembly.complete import studies_mark_complete
 from fhirai.audit.forward import audit_forward
 from fhirai.audit.timeline import Event, record
@@ -46,6 +47,7 @@ def pipeline_sweep() -> dict[str, int]:
     counts["app_acks_dispatched"] = app_acks_due()
     counts["reports_redispatched"] = reports_redispatch_stalled()
     counts["webhooks_dispatched"] = webhooks_sweep()
+    counts["audit_sealed"] = audit_seal()
     counts["audit_forwarded"] = audit_forward()
     counts.update(retention_purge())
     if any(counts.values()):

@@ -40,14 +40,21 @@ class AccessEvent(models.Model):
     item_kind = models.CharField(max_length=16, blank=True, default="")
     item_ids = models.JSONField(default=list)
     detail = models.CharField(max_length=255, blank=True, default="")
-    # Tamper evidence: each row's SHA-256 over its own fields and the previous row's hash (a chain
-    # in id order, appended under a lock); `python manage.py audit_verify` recomputes it. On
-    # PostgreSQL a trigger also refuses UPDATE and DELETE (append-only).
+    # Tamper evidence: each row's SHA-256 over its own fields and the previous row's hash, a chain
+    # in `seq` order. Rows are inserted unsealed (seq null, hash empty); fhirai.api.access.audit_seal
+    # links them in, and `python manage.py audit_verify` recomputes the chain. On PostgreSQL a
+    # trigger refuses every UPDATE but that sealing, and every DELETE (append-only).
     prev_hash = models.CharField(max_length=64, blank=True, default="", db_default="")
     hash = models.CharField(max_length=64, blank=True, default="", db_default="")
+    seq = models.BigIntegerField(null=True, blank=True, unique=True)
 
     class Meta:
-        indexes = [models.Index(fields=["at"]), models.Index(fields=["item_kind", "at"])]
+        indexes = [
+            models.Index(fields=["at"]),
+            models.Index(fields=["item_kind", "at"]),
+            # The sealer's work list: only unsealed rows (a handful at any moment).
+            models.Index(fields=["id"], condition=models.Q(hash=""), name="access_unsealed"),
+        ]
 
 
 class LoginFailure(models.Model):

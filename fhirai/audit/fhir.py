@@ -180,7 +180,7 @@ def access_audit_event(event: Any) -> dict[str, Any]:
         for item_id in (event.item_ids or [])[:100]
     ] or [{"description": event.item_kind or "no item"}]
     entities[0]["detail"] = [
-        {"type": "sha256", "valueString": event.hash or "(before the chain)"},
+        {"type": "sha256", "valueString": event.hash or "(not sealed yet)"},
         {"type": "previous-sha256", "valueString": event.prev_hash or ""},
     ]
     if event.detail:
@@ -278,7 +278,11 @@ def audit_page(
     offset: int,
 ) -> tuple[int, list[dict[str, Any]]]:
     """One page of the whole trail, newest first: timeline events (what happened to items) and
-    access records (who looked at or changed what), merged by time."""
+    access records (who looked at or changed what), merged by time. Pending access records are
+    sealed first, so each one shown carries its chain link."""
+    from fhirai.api.access import audit_seal
+
+    audit_seal()
     timeline = audit_search(ids=ids, subtypes=subtypes, outcomes=outcomes, recorded=recorded)
     access = _access_search(ids=ids, subtypes=subtypes, outcomes=outcomes, recorded=recorded)
     wanted = offset + count
@@ -293,9 +297,11 @@ def audit_page(
 
 def audit_lookup(rid: str) -> tuple[dict[str, Any], Any] | None:
     """AuditEvent/{rid}: a timeline event (a number) or an access record (access-N)."""
+    from fhirai.api.access import audit_seal
     from fhirai.api.models import AccessEvent
 
     if rid.startswith(ACCESS_PREFIX) and rid[len(ACCESS_PREFIX) :].isdigit():
+        audit_seal()
         access = AccessEvent.objects.filter(pk=int(rid[len(ACCESS_PREFIX) :])).first()
         return (access_audit_event(access), access.at) if access else None
     event = TimelineEvent.objects.filter(pk=int(rid) if rid.isdigit() else -1).first()

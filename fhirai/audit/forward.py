@@ -43,14 +43,16 @@ def audit_forward() -> int:
     url = settings.FHIRAI_AUDIT_SYSLOG
     if not url:
         return 0
+    from fhirai.api.access import audit_seal
     from fhirai.api.models import AccessEvent
 
+    audit_seal()  # only sealed records travel: they carry their chain link
     with transaction.atomic():
         AuditForward.objects.get_or_create(name="syslog")
         cursor = AuditForward.objects.select_for_update(skip_locked=True).filter(name="syslog").first()
         if cursor is None:  # another worker is sending right now
             return 0
-        access = list(AccessEvent.objects.filter(pk__gt=cursor.access_id).order_by("id")[:BATCH])
+        access = list(AccessEvent.objects.filter(seq__gt=cursor.access_seq).order_by("seq")[:BATCH])
         exports = list(
             TimelineEvent.objects.filter(pk__gt=cursor.timeline_id, event__in=EXPORTS).order_by("id")[:BATCH]
         )
@@ -76,7 +78,7 @@ def audit_forward() -> int:
                 "audit forwarding to syslog failed (%s); %d records wait", type(exc).__name__, len(rows)
             )
             return 0
-        cursor.access_id = access[-1].pk if access else cursor.access_id
+        cursor.access_seq = access[-1].seq if access else cursor.access_seq
         cursor.timeline_id = exports[-1].pk if exports else cursor.timeline_id
         cursor.sent += len(rows)
         cursor.last_error = ""

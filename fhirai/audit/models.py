@@ -32,7 +32,10 @@ class AuditForward(models.Model):
     while it sends, so several workers never send the same records twice at once."""
 
     name = models.CharField(max_length=32, unique=True)
-    access_id = models.BigIntegerField(default=0)
+    access_id = models.BigIntegerField(default=0)  # before sealing: the last access record's id
+    # The last access record sent, by its place in the sealed chain (only sealed records are sent,
+    # in chain order, so one committed late is not skipped).
+    access_seq = models.BigIntegerField(default=0)
     timeline_id = models.BigIntegerField(default=0)
     sent = models.BigIntegerField(default=0)
     last_error = models.CharField(max_length=255, blank=True, default="")

@@ -17,6 +17,7 @@ from django.utils import timezone
 
 from fhirai.api.access import access_record, login_record
 from fhirai.api.auth import Principal
+from fhirai.api.models import AccessEvent
 from fhirai.audit.forward import audit_forward
 from fhirai.audit.models import AuditForward, TimelineEvent
 from fhirai.sweep import pipeline_sweep
@@ -94,7 +95,8 @@ def test_access_records_and_exports_reach_the_collector_in_order_once(settings):
     assert events[0]["pri"] == 85 and events[2]["pri"] == 84  # authpriv.notice; a failed login: warning
     assert events[1]["type"]["code"] == "110106"  # Export
     cursor = AuditForward.objects.get(name="syslog")
-    assert cursor.sent == 3 and cursor.access_id == failed.pk and cursor.timeline_id == export.pk
+    assert cursor.sent == 3 and cursor.timeline_id == export.pk
+    assert cursor.access_seq == AccessEvent.objects.get(pk=failed.pk).seq  # sent in chain order
 
 
 def test_nothing_is_skipped_while_the_collector_is_down(settings):

@@ -1,4 +1,4 @@
-"""`python manage.py audit_verify`: recompute the access audit's hash chain; exit 1 at the first row
+"""`python manage.py audit_verify`: seal what is pending, then recompute the access audit's hash chain; exit 1 at the first row
 that was changed, removed or inserted afterwards (its id and why)."""
 
 from __future__ import annotations
@@ -17,5 +17,5 @@ class Command(BaseCommand):
         check = audit_verify()
         if check.broken_at is not None:
             raise CommandError(f"audit chain broken at access record {check.broken_at}: {check.reason}")
-        older = f" ({check.unchained} older records from before the chain)" if check.unchained else ""
-        self.stdout.write(f"audit chain intact: {check.rows} access records{older}")
+        pending = f" ({check.unsealed} recorded during the check, not sealed yet)" if check.unsealed else ""
+        self.stdout.write(f"audit chain intact: {check.rows} access records{pending}")
