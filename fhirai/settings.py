@@ -410,6 +410,8 @@ FHIRAI_PRIORS_CLIENT = env_str("FHIRAI_PRIORS_CLIENT", "integrations.dicom.qr.Pa
 # --- pipeline ----------------------------------------------------------------------------------
 FHIRAI_STUDY_QUIET_SECONDS = env_float("FHIRAI_STUDY_QUIET_SECONDS", 5.0)
 FHIRAI_SWEEP_SECONDS = env_float("FHIRAI_SWEEP_SECONDS", 2.0)
+# How often beat looks for data under older encryption keys (fhirai.ops.key_rotation).
+FHIRAI_KEY_ROTATION_SECONDS = env_float("FHIRAI_KEY_ROTATION_SECONDS", 60.0)
 FHIRAI_STALL_SECONDS = env_float("FHIRAI_STALL_SECONDS", 120.0)
 FHIRAI_INFERENCE_TIMEOUT = env_float("FHIRAI_INFERENCE_TIMEOUT", 900.0)
 FHIRAI_INFERENCE_DEVICE = env_str("FHIRAI_INFERENCE_DEVICE", "auto")
@@ -625,6 +627,8 @@ else:
         CELERY_BROKER_TRANSPORT_OPTIONS["global_keyprefix"] = env_str("FHIRAI_BROKER_KEY_PREFIX")
 CELERY_BEAT_SCHEDULE = {
     "pipeline-sweep": {"task": "workers.tasks.pipeline_sweep", "schedule": FHIRAI_SWEEP_SECONDS},
+    # Re-encryption after a key change (fhirai.ops.key_rotation): a no-op once a key's pass is done.
+    "key-rotation": {"task": "workers.tasks.keys_rotate", "schedule": FHIRAI_KEY_ROTATION_SECONDS},
 }
 CELERY_BEAT_SCHEDULE_FILENAME = str(DATA_DIR / "celerybeat-schedule")
 

@@ -14,6 +14,7 @@ from fhirai import sweep
 from fhirai.context import acks, messages, reports
 from fhirai.deid import study as deid_study
 from fhirai.errors import Unavailable
+from fhirai.ops import key_rotation
 from fhirai.results import writeback
 from fhirai.routing import jobs, priors
 from fhirai.webhooks import outbox as webhooks
@@ -99,6 +100,14 @@ def webhook_deliver(delivery_id: int) -> None:
 @shared_task(name="workers.tasks.pipeline_sweep", acks_late=True, expires=30)
 def pipeline_sweep() -> None:
     sweep.pipeline_sweep()
+
+
+@shared_task(name="workers.tasks.keys_rotate", acks_late=True, expires=120)
+def keys_rotate() -> None:
+    """From beat: re-encrypt under new keys in steps; while work is left, the next step follows
+    at once rather than at the next beat."""
+    if not key_rotation.keys_rotate():
+        keys_rotate.apply_async(expires=120)
 
 
 @shared_task(name="workers.tasks.messages_process", **RETRY)

@@ -88,12 +88,21 @@ def vault_lookup(kind: str, pseudonym: str, *, purpose: str = "write-back") -> s
     return unseal(kind, pseudonym, entry.original)
 
 
+def current_key_id() -> str:
+    return _ciphers()[0][0]
+
+
+def vault_entry_rekey(entry: VaultEntry) -> bool:
+    """Re-seal one entry under the current key if an older one sealed it; True when rewritten."""
+    if entry.original.startswith(f"{FORMAT}:{current_key_id()}:"):
+        return False
+    original = unseal(entry.kind, entry.pseudonym, entry.original)
+    VaultEntry.objects.filter(pk=entry.pk).update(original=seal(entry.kind, entry.pseudonym, original))
+    return True
+
+
 def vault_rekey() -> int:
     """Re-encrypt every entry under the current (first) key, after a rotation; returns how many."""
-    current = _ciphers()[0][0]
-    count = 0
-    for entry in VaultEntry.objects.exclude(original__startswith=f"{FORMAT}:{current}:").iterator():
-        original = unseal(entry.kind, entry.pseudonym, entry.original)
-        VaultEntry.objects.filter(pk=entry.pk).update(original=seal(entry.kind, entry.pseudonym, original))
-        count += 1
-    return count
+    current = current_key_id()
+    entries = VaultEntry.objects.exclude(original__startswith=f"{FORMAT}:{current}:")
+    return sum(vault_entry_rekey(entry) for entry in entries.iterator())

@@ -22,32 +22,42 @@ class RekeyCount:
     missing: int = 0
 
 
+# Every column that refers to a blob: (model, field).
+BLOB_SOURCES = (
+    (Instance, "blob_key"),
+    (Instance, "deid_blob_key"),
+    (Rejection, "blob_key"),
+    (ClinicalReport, "deid_blob_key"),
+    (InferenceJob, "sr_blob_key"),
+    (InferenceJob, "key_image_blob_key"),
+)
+
+
 def referenced_keys() -> Iterator[str]:
     """Each blob key a row refers to, once."""
     seen: set[str] = set()
-    sources = [
-        Instance.objects.values_list("blob_key", flat=True),
-        Instance.objects.values_list("deid_blob_key", flat=True),
-        Rejection.objects.values_list("blob_key", flat=True),
-        ClinicalReport.objects.values_list("deid_blob_key", flat=True),
-        InferenceJob.objects.values_list("sr_blob_key", flat=True),
-        InferenceJob.objects.values_list("key_image_blob_key", flat=True),
-    ]
-    for qs in sources:
-        for key in qs.iterator(chunk_size=2000):
+    for model, field in BLOB_SOURCES:
+        for key in model.objects.values_list(field, flat=True).iterator(chunk_size=2000):
             if key and key != WITHHELD and key not in seen:
                 seen.add(key)
                 yield key
 
 
+def blob_rekey_count(key: str, count: RekeyCount) -> None:
+    """Re-encrypt one referenced blob if it needs it, counted in `count`."""
+    if not key or key == WITHHELD:
+        return
+    try:
+        if blobs.rekey(key):
+            count.rewritten += 1
+        else:
+            count.current += 1
+    except NotFound:
+        count.missing += 1
+
+
 def blobs_rekey() -> RekeyCount:
     count = RekeyCount()
     for key in referenced_keys():
-        try:
-            if blobs.rekey(key):
-                count.rewritten += 1
-            else:
-                count.current += 1
-        except NotFound:
-            count.missing += 1
+        blob_rekey_count(key, count)
     return count

@@ -70,3 +70,28 @@ def worker_status_prune(*, older_than: datetime) -> int:
     """Drop rows of workers gone long ago (called at worker start; the table stays small)."""
     deleted, _ = WorkerStatus.objects.filter(last_seen__lt=older_than).delete()
     return deleted
+
+
+class KeyRotation(models.Model):
+    """Background re-encryption under the current (first) key of a store ("blobs": FHIRAI_BLOB_KEYS,
+    "vault": FHIRAI_VAULT_KEYS): how far it got. One row per store and key; a new first key starts
+    a new row from the beginning, and `finished_at` says when nothing is left under older keys
+    (then the old secrets can be dropped from the list)."""
+
+    store = models.CharField(max_length=16)
+    key_id = models.CharField(max_length=16)
+    source = models.PositiveSmallIntegerField(default=0)  # blobs: which referencing column is being walked
+    cursor = models.BigIntegerField(default=0)  # the last row id done in that source
+    rewritten = models.BigIntegerField(default=0)
+    current = models.BigIntegerField(default=0)  # found already under the key
+    missing = models.BigIntegerField(default=0)  # referenced, but not in the blob store
+    started_at = models.DateTimeField()
+    updated_at = models.DateTimeField()
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["store", "key_id"], name="key_rotation_once")]
+
+    def __str__(self) -> str:
+        state = "done" if self.finished_at else "running"
+        return f"{self.store} under key {self.key_id}: {state}, {self.rewritten} re-encrypted"
