@@ -213,6 +213,8 @@ def fhirai_env(data_dir: Path, database_url: str | None, broker_url: str | None)
         "FHIRAI_DATA_DIR": str(data_dir),
         "FHIRAI_DEID_SECRET": "bench",
         "FHIRAI_LOG_LEVEL": "WARNING",
+        # STOW-RS here measures the ingest path, as C-STORE does (no credentials on either).
+        "FHIRAI_REQUIRE_TOKENS": "false",
     }
     if database_url:
         env["DATABASE_URL"] = database_url

@@ -117,8 +117,10 @@ READ = "/fhir/Patient/" if KIND == "fhirai" else "/r/"
 SEARCH = "/fhir/Patient?identifier=" if KIND == "fhirai" else "/s?identifier="
 POST = "/fhir/" if KIND == "fhirai" else "/tx"
 
+AUTH = b"Authorization: Bearer %s\r\n" % cfg["token"].encode() if cfg["token"] else b""
+
 def get(path):
-    return b"GET %s HTTP/1.1\r\nHost: %s\r\nAccept: application/fhir+json\r\n\r\n" % (path.encode(), HOST)
+    return b"GET %s HTTP/1.1\r\nHost: %s\r\n%sAccept: application/fhir+json\r\n\r\n" % (path.encode(), HOST, AUTH)
 
 def bundle(tag):
     p, s = f"urn:uuid:{uuid.uuid4()}", f"urn:uuid:{uuid.uuid4()}"
@@ -142,8 +144,8 @@ def bundle(tag):
                       "valueQuantity": {"value": 72, "unit": "/min", "system": "http://unitsofmeasure.org", "code": "/min"}}},
     ]}
     raw = json.dumps(body).encode()
-    return (b"POST %s HTTP/1.1\r\nHost: %s\r\nAccept: application/fhir+json\r\n"
-            b"Content-Type: application/fhir+json\r\nContent-Length: %d\r\n\r\n%s") % (POST.encode(), HOST, len(raw), raw)
+    return (b"POST %s HTTP/1.1\r\nHost: %s\r\n%sAccept: application/fhir+json\r\n"
+            b"Content-Type: application/fhir+json\r\nContent-Length: %d\r\n\r\n%s") % (POST.encode(), HOST, AUTH, len(raw), raw)
 
 def request(tag):
     if SCENARIO == "read":
@@ -265,6 +267,8 @@ def load(port: int, server_pid: int, kind: str, scenario: str, ids: Path, args: 
         "duration": args.duration,
         "warmup": args.warmup,
         "tag": f"{kind}-{uuid.uuid4().hex[:8]}",
+        # fhirai as installed: every request carries its API token (checked, and audited).
+        "token": args.token if kind == "fhirai" else "",
     }
     done = subprocess.run(
         [sys.executable, "-c", LOAD, json.dumps(cfg)],
@@ -289,7 +293,7 @@ def patient(value: str) -> dict[str, Any]:
     }
 
 
-def preload_fhirai(port: int, count: int) -> list[dict[str, str]]:
+def preload_fhirai(port: int, count: int, token: str) -> list[dict[str, str]]:
     """`count` Patients in transaction Bundles of 50, over 4 connections; their ids and MRNs."""
 
     def one(start: int) -> list[dict[str, str]]:
@@ -303,7 +307,12 @@ def preload_fhirai(port: int, count: int) -> list[dict[str, str]]:
         }
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
         try:
-            conn.request("POST", "/fhir/", json.dumps(bundle), {"Content-Type": "application/fhir+json"})
+            conn.request(
+                "POST",
+                "/fhir/",
+                json.dumps(bundle),
+                {"Content-Type": "application/fhir+json", "Authorization": f"Bearer {token}"},
+            )
             reply = conn.getresponse()
             body = reply.read()
         finally:
@@ -395,6 +404,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 FHIRAI_LOG_LEVEL="WARNING",
             )
             subprocess.run([sys.executable, "manage.py", "migrate", "-v0"], cwd=ROOT, env=env, check=True)
+            args.token = subprocess.run(
+                [sys.executable, "manage.py", "issue_token", "bench", "--role", "admin"],
+                cwd=ROOT,
+                env=env,
+                check=True,
+                capture_output=True,
+                text=True,
+            ).stdout.split()[-1]
             our_log, bare_log = workdir / "fhirai.log", workdir / "bare.log"
             with open(our_log, "wb") as out:
                 procs.append(
@@ -414,7 +431,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             wait(ours, our_port, our_log)
             wait(bare, bare_port, bare_log)
             started = time.perf_counter()
-            ids = preload_fhirai(our_port, args.preload)
+            ids = preload_fhirai(our_port, args.preload, args.token)
             preload_seconds = time.perf_counter() - started
             preload_bare(dbs.bare, ids)
             ids_file = workdir / "ids.json"

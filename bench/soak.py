@@ -160,13 +160,13 @@ def hl7_send_factory(port: int, tag: str):  # noqa: ANN201
     return send
 
 
-def fhir_send_factory(port: int):  # noqa: ANN201
+def fhir_send_factory(port: int, token: str):  # noqa: ANN201
     from tests.faults.harness import bundle, http_post
 
     def send(n: int) -> list[float]:
         body, _ = bundle(100000 + n)
         started = time.monotonic()
-        status, _ = http_post(port, "/fhir/", body, timeout=30)
+        status, _ = http_post(port, "/fhir/", body, timeout=30, token=token)
         return [time.monotonic() - started] if status and 200 <= status < 300 else []
 
     return send
@@ -226,7 +226,7 @@ def soak(args: argparse.Namespace, root: Path) -> dict:
                 dicom_send_factory(site.dicom_port, "FHIRAI", args.slices, args.size, "F"),
             ),
             Paced("hl7", 1 / args.hl7_per_second, deadline, hl7_send_factory(site.mllp_port, "F")),
-            Paced("fhir", 1 / args.fhir_per_second, deadline, fhir_send_factory(site.http_port)),
+            Paced("fhir", 1 / args.fhir_per_second, deadline, fhir_send_factory(site.http_port, site.token)),
         ]
         started = time.monotonic()
         for s in senders:

@@ -562,7 +562,10 @@ FHIRAI_WRITEBACK_GIVE_UP_SECONDS = env_float("FHIRAI_WRITEBACK_GIVE_UP_SECONDS",
 FHIRAI_FHIR_PAGE_MAX = env_int("FHIRAI_FHIR_PAGE_MAX", 500, minimum=1)
 # API tokens (python manage.py issue_token): when on, /fhir/, /hl7/ and /api/ (but /api/health) need
 # a valid Bearer token; when off they stay open, but a Bearer token that is sent must be valid.
-FHIRAI_REQUIRE_TOKENS = env_bool("FHIRAI_REQUIRE_TOKENS", False)
+# Closed by default: /fhir/, /hl7/, /dicomweb/ and /api/ need a Bearer token (or, for /api/, a
+# console session); only /fhir/metadata and the health checks are open. `false` opens them to
+# anyone who can reach the port (a lab behind its own gateway), and is audited as anonymous.
+FHIRAI_REQUIRE_TOKENS = env_bool("FHIRAI_REQUIRE_TOKENS", True)
 
 # --- webhooks (fhirai/webhooks: outbox; integrations/webhooks: Standard Webhooks wire format) ----
 FHIRAI_WEBHOOK_SENDER = env_str("FHIRAI_WEBHOOK_SENDER", "integrations.webhooks.sender.http_send")

@@ -6,10 +6,12 @@ it off they stay open as before, but a Bearer token that is sent must be valid."
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from django.conf import settings
+from django.db import DatabaseError
 from django.http import HttpRequest, HttpResponse, JsonResponse
 
 from fhirai.api.models import Role
@@ -94,13 +96,38 @@ class TokenMiddleware:
     def __call__(self, request: HttpRequest) -> HttpResponse:
         path = request.path
         if path.startswith(GUARDED) and not path.startswith(OPEN):
-            token = bearer(request)
-            if token is not None:
-                if principal_of(request) is None:
-                    return _unauthorized("the Bearer token is not valid (unknown, malformed or revoked)")
-            elif settings.FHIRAI_REQUIRE_TOKENS:
-                # The console's own pages call /api/ with their session; the machine endpoints
-                # (/fhir/, /hl7/) take tokens only.
-                if not path.startswith("/api/") or principal_of(request) is None:
-                    return _unauthorized("a Bearer token is required (Authorization: Bearer fhirai_...)")
+            try:
+                refusal = self._refusal(request, path)
+            except DatabaseError:
+                # Tokens live in the database: while it is away the caller is told to come back
+                # (as the endpoints themselves say then), never let in unchecked.
+                return _unavailable(path)
+            if refusal is not None:
+                return refusal
         return self.get_response(request)
+
+    def _refusal(self, request: HttpRequest, path: str) -> HttpResponse | None:
+        token = bearer(request)
+        if token is not None:
+            if principal_of(request) is None:
+                return _unauthorized("the Bearer token is not valid (unknown, malformed or revoked)")
+        elif settings.FHIRAI_REQUIRE_TOKENS:
+            # The console's own pages call /api/ with their session; the machine endpoints
+            # (/fhir/, /hl7/) take tokens only.
+            if not path.startswith("/api/") or principal_of(request) is None:
+                return _unauthorized("a Bearer token is required (Authorization: Bearer fhirai_...)")
+        return None
+
+
+def _unavailable(path: str) -> HttpResponse:
+    detail = "the database is unavailable: credentials cannot be checked now; retry later"
+    if path.startswith("/fhir/"):
+        body = {
+            "resourceType": "OperationOutcome",
+            "issue": [{"severity": "error", "code": "transient", "diagnostics": detail}],
+        }
+        response = HttpResponse(json.dumps(body), status=503, content_type="application/fhir+json")
+    else:
+        response = JsonResponse({"detail": detail}, status=503)
+    response["Retry-After"] = "30"
+    return response

@@ -54,6 +54,7 @@ class Site:
         self.exits: Counter[str] = Counter()  # processes that ended on their own (and were restarted)
         self.lock = threading.Lock()
         self._supervising = threading.Event()
+        self.token = ""  # the EHR's API token, issued once the site is up
 
     def argv(self, name: str) -> list[str]:
         py, manage = sys.executable, str(ROOT / "manage.py")
@@ -89,6 +90,8 @@ class Site:
         self._supervising.set()
         threading.Thread(target=self._supervise, daemon=True).start()
         self.wait_ready(timeout)
+        if not self.token:
+            self.token = manage(self.env, "issue_token", "faults-ehr", "--role", "admin").strip()
 
     def _supervise(self) -> None:
         """What `manage.py run` (or systemd's Restart=always) does in production: a process that
@@ -144,7 +147,7 @@ class Site:
         return http_healthy(self.http_port)
 
     def get(self, path: str) -> dict[str, Any]:
-        return fhir_get(self.http_port, path, timeout=20)
+        return fhir_get(self.http_port, path, timeout=20, token=self.token)
 
     def tail(self, name: str, n: int = 3000) -> str:
         try:
@@ -302,12 +305,14 @@ def bundle(i: int) -> tuple[bytes, str]:
     return json.dumps(body).encode(), pid
 
 
-def http_post(port: int, path: str, body: bytes, timeout: float = 15) -> tuple[int | None, dict[str, str]]:
+def http_post(
+    port: int, path: str, body: bytes, timeout: float = 15, *, token: str = ""
+) -> tuple[int | None, dict[str, str]]:
+    headers = {"Content-Type": "application/fhir+json", "Accept": "application/fhir+json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
     request = urllib.request.Request(
-        f"http://127.0.0.1:{port}{path}",
-        data=body,
-        method="POST",
-        headers={"Content-Type": "application/fhir+json", "Accept": "application/fhir+json"},
+        f"http://127.0.0.1:{port}{path}", data=body, method="POST", headers=headers
     )
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
@@ -325,7 +330,7 @@ def fhir_sender(site: Site, ledger: Ledger, count: int, stop: threading.Event, p
     for i in range(count):
         body, pid = bundle(i)
         while not stop.is_set():
-            status, headers = http_post(site.http_port, "/fhir/", body)
+            status, headers = http_post(site.http_port, "/fhir/", body, token=site.token)
             ledger.heard(f"http: {status or 'no answer'}")
             if status is not None and 200 <= status < 300:
                 with ledger.lock:
@@ -380,7 +385,7 @@ def probe_listeners(site: Site, ledger: Ledger, outage: str, seq: int) -> None:
     else:
         ledger.refusals[f"{outage}: HL7 {answer or 'no answer'}"] += 1
     body = json.dumps({"resourceType": "Patient", "identifier": [{"system": "urn:probe", "value": str(seq)}]})
-    status, headers = http_post(site.http_port, "/fhir/Patient", body.encode())
+    status, headers = http_post(site.http_port, "/fhir/Patient", body.encode(), token=site.token)
     if status is not None and 200 <= status < 300:
         ledger.false_acks.append(f"{outage}: HTTP {status} for a probe Patient")
     elif status == 503 and "Retry-After" in headers:

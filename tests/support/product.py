@@ -93,11 +93,13 @@ def http_healthy(port: int) -> bool:
         return False
 
 
-def fhir_get(port: int, path: str, *, timeout: float) -> dict[str, Any]:
-    """GET a FHIR path on the HTTP server on `port`, as JSON."""
-    request = urllib.request.Request(
-        f"http://127.0.0.1:{port}{path}", headers={"Accept": "application/fhir+json"}
-    )
+def fhir_get(port: int, path: str, *, timeout: float, token: str = "") -> dict[str, Any]:
+    """GET a FHIR path on the HTTP server on `port`, as JSON (with the API token, as a client of an
+    installation must: the facade requires one by default)."""
+    headers = {"Accept": "application/fhir+json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", headers=headers)
     with urllib.request.urlopen(request, timeout=timeout) as response:
         return json.loads(response.read())
 
@@ -121,6 +123,14 @@ class Product:
         )
         self.process: subprocess.Popen[bytes] | None = None
         self.log = data_dir / "run.log"
+        self._token = ""
+
+    @property
+    def token(self) -> str:
+        """An admin API token of this installation (issued once, on first use)."""
+        if not self._token:
+            self._token = self.manage("issue_token", "e2e", "--role", "admin").strip()
+        return self._token
 
     @property
     def http(self) -> str:
@@ -182,7 +192,7 @@ class Product:
         self.process = None
 
     def get(self, path: str) -> dict[str, Any]:
-        return fhir_get(self.http_port, path, timeout=10)
+        return fhir_get(self.http_port, path, timeout=10, token=self.token)
 
     def wait_for(self, path: str, predicate: Any, timeout: float = 120) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
