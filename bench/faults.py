@@ -46,6 +46,7 @@ def main() -> int:
     failures = 0
     for round_no in range(args.rounds):
         started = time.monotonic()
+        print(f"round {round_no + 1}: seed {seed + round_no}, {args.points} fault points", flush=True)
         with tempfile.TemporaryDirectory(prefix="fhirai-faults-") as root:
             try:
                 summary = run_faults(

@@ -147,7 +147,11 @@ class Site:
         return http_healthy(self.http_port)
 
     def get(self, path: str) -> dict[str, Any]:
-        return fhir_get(self.http_port, path, timeout=20, token=self.token)
+        try:
+            return fhir_get(self.http_port, path, timeout=20, token=self.token)
+        except urllib.error.HTTPError as exc:
+            body = exc.read()[:1500].decode(errors="replace")
+            raise AssertionError(f"GET {path}: HTTP {exc.code} {body}\n{self.tail('http')}") from None
 
     def tail(self, name: str, n: int = 3000) -> str:
         try:
