@@ -6,12 +6,14 @@ CapabilityStatement declares as it is."""
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable
 from functools import wraps
 from typing import Any
 from urllib.parse import urlencode
 
 from django.conf import settings
+from django.db import DatabaseError, transaction
 from django.db.models import Q
 from django.http import HttpRequest, HttpResponse, QueryDict
 from django.utils import timezone
@@ -35,6 +37,8 @@ from fhirai.results.store import (
 from integrations.fhir import outcome, write
 from integrations.fhir.formats import negotiated
 from integrations.fhir.outcome import FHIR_JSON
+
+log = logging.getLogger(__name__)
 
 VERSION = "0.2.0"
 READ_ONLY = {"AuditEvent"}
@@ -498,31 +502,56 @@ def guarded(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
         principal = principal_of(request)
         if principal is not None and principal.role not in fhir_roles(rtype):
             return negotiated(_forbidden)(request, principal.role, rtype)
-        response = view(request, *args, **kwargs)
-        if 200 <= response.status_code < 300:
-            caller = principal or Principal(
-                name=f"anonymous@{request.META.get('REMOTE_ADDR', '?')}", role="anonymous", via="none"
-            )
-            searched = request.method == "POST" and request.path.endswith("/_search")
-            if "_history" in request.path:
-                action = "history"
-            elif request.method in ("POST", "PUT") and not searched:
-                action = "write"
-            elif searched or "rid" not in kwargs:
-                action = "search"
-            else:
-                action = "read"
-            where = "/".join(str(p) for p in (rtype or "", kwargs.get("rid") or "") if p)
-            params = ",".join(sorted({k for k in request.GET if not k.startswith("_")}))
-            access_record(
-                caller,
-                f"fhir.{action}",
-                kind="fhir",
-                detail=f"{request.method} /fhir/{where}" + (f" by {params}" if params else ""),
-            )
-        return response
+        try:
+            # One transaction: a write and its access record commit together, or neither does.
+            with transaction.atomic():
+                return _answered_and_recorded(view, request, principal, rtype, args, kwargs)
+        except DatabaseError:
+            # PostgreSQL away (restarting, failing over, out of connections): a read cannot be
+            # answered, nor recorded, now. 503 with Retry-After, as writes say then; never a 500 page.
+            log.warning("FHIR %s %s: the database is unavailable", request.method, rtype or "/")
+            return negotiated(_unavailable)(request)
 
     return wrapper
+
+
+def _unavailable(request: HttpRequest) -> HttpResponse:
+    return outcome.outcome(outcome.TRANSIENT, "storage is unavailable; retry later")
+
+
+def _answered_and_recorded(
+    view: Callable[..., HttpResponse],
+    request: HttpRequest,
+    principal: Principal | None,
+    rtype: str | None,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+) -> HttpResponse:
+    """The view's answer; a 2xx one only once its access record is written (identified data is
+    never served unrecorded)."""
+    response = view(request, *args, **kwargs)
+    if 200 <= response.status_code < 300:
+        caller = principal or Principal(
+            name=f"anonymous@{request.META.get('REMOTE_ADDR', '?')}", role="anonymous", via="none"
+        )
+        searched = request.method == "POST" and request.path.endswith("/_search")
+        if "_history" in request.path:
+            action = "history"
+        elif request.method in ("POST", "PUT") and not searched:
+            action = "write"
+        elif searched or "rid" not in kwargs:
+            action = "search"
+        else:
+            action = "read"
+        where = "/".join(str(p) for p in (rtype or "", kwargs.get("rid") or "") if p)
+        params = ",".join(sorted({k for k in request.GET if not k.startswith("_")}))
+        access_record(
+            caller,
+            f"fhir.{action}",
+            kind="fhir",
+            detail=f"{request.method} /fhir/{where}" + (f" by {params}" if params else ""),
+        )
+    return response
 
 
 def _forbidden(request: HttpRequest, role: str, rtype: str | None) -> HttpResponse:

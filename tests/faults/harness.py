@@ -329,6 +329,24 @@ def http_post(
         return None, {}
 
 
+def http_get(
+    port: int, path: str, timeout: float = 15, *, token: str = ""
+) -> tuple[int | None, dict[str, str]]:
+    headers = {"Accept": "application/fhir+json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            response.read()
+            return response.status, dict(response.headers)
+    except urllib.error.HTTPError as exc:
+        exc.read()
+        return exc.code, dict(exc.headers)
+    except (urllib.error.URLError, OSError):
+        return None, {}
+
+
 def fhir_sender(site: Site, ledger: Ledger, count: int, stop: threading.Event, pace: float) -> None:
     """An EHR: each transaction Bundle is retried until 2xx (its entries are conditional creates)."""
     for i in range(count):
@@ -396,6 +414,12 @@ def probe_listeners(site: Site, ledger: Ledger, outage: str, seq: int) -> None:
         ledger.refusals[f"{outage}: HTTP 503 Retry-After"] += 1
     else:
         ledger.refusals[f"{outage}: HTTP {status}"] += 1
+    # A read cannot be answered (nor its access recorded) either: 503, never a 500 page.
+    status, headers = http_get(site.http_port, f"/fhir/Patient?identifier=urn:probe|{seq}", token=site.token)
+    if status == 503 and "Retry-After" in headers:
+        ledger.refusals[f"{outage}: FHIR read 503 Retry-After"] += 1
+    else:
+        ledger.false_acks.append(f"{outage}: a FHIR read answered {status} while the database was away")
 
 
 # --- the injector ----------------------------------------------------------------------------------

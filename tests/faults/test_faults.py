@@ -29,7 +29,7 @@ from tests.support.services import PgCluster, RedisServer, pg_bin
 pytestmark = pytest.mark.e2e
 
 FINAL_STUDY = ("written_back", "failed", "no_model")
-OUTAGE_REFUSALS = ("DICOM A700", "HL7 AE", "HL7 AR", "HTTP 503 Retry-After")
+OUTAGE_REFUSALS = ("DICOM A700", "HL7 AE", "HL7 AR", "HTTP 503 Retry-After", "FHIR read 503 Retry-After")
 
 
 def _mount_tmpfs(path: Path, size_mb: int) -> bool:

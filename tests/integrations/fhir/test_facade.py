@@ -324,3 +324,23 @@ def test_xml_transaction_bundle_resolves_references(client):
     patient_ref = answer.entry[0].response.location.split("/_history")[0]
     [observation] = get(client, "/fhir/Observation", {"subject": patient_ref}).json()["entry"]
     assert observation["resource"]["valueQuantity"]["value"] == 72.5
+
+
+def test_database_away_gives_503_and_a_write_is_not_kept_without_its_access_record(client, monkeypatch):
+    """A failure of the database mid-request (the real outage is in tests/faults, whose probes read
+    and write while PostgreSQL is stopped): FHIR's 503 with Retry-After, never a 500 page, and a
+    create whose access record cannot be written is rolled back with it."""
+    from django.db import OperationalError
+
+    from integrations.fhir import views
+
+    def gone(*args, **kwargs):
+        raise OperationalError("server closed the connection unexpectedly")
+
+    monkeypatch.setattr(views, "access_record", gone)
+    created = post(client, "/fhir/Patient", patient("P-AWAY"))
+    assert created.status_code == 503 and created["Retry-After"] == "30"
+    assert created.json()["issue"][0]["code"] == "transient"
+    assert not FhirResource.objects.filter(resource_type="Patient").exists()
+    found = get(client, "/fhir/Patient", {"identifier": "P-AWAY"}, HTTP_ACCEPT="application/fhir+xml")
+    assert found.status_code == 503 and found["Content-Type"].startswith("application/fhir+xml")
