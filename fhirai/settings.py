@@ -203,7 +203,14 @@ TEMPLATES = [
 # --- database ----------------------------------------------------------------------------------
 _default_db = f"sqlite:///{DATA_DIR / 'fhirai.sqlite3'}"
 try:
-    DATABASES = {"default": dj_database_url.parse(env_str("DATABASE_URL", _default_db), conn_max_age=60)}
+    # Persistent connections (60 s), each checked before a new request or task reuses it: after a
+    # PostgreSQL restart or failover every thread's old connection is dead, and without the check
+    # each thread would answer its next request with an error (found by the fault suite).
+    DATABASES = {
+        "default": dj_database_url.parse(
+            env_str("DATABASE_URL", _default_db), conn_max_age=60, conn_health_checks=True
+        )
+    }
 except ValueError as exc:
     raise ImproperlyConfigured(f"DATABASE_URL: {exc}") from None
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":

@@ -7,6 +7,7 @@ it off they stay open as before, but a Bearer token that is sent must be valid."
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -17,6 +18,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from fhirai.api.models import Role
 from fhirai.api.tokens import token_check
 
+log = logging.getLogger(__name__)
 GUARDED = ("/fhir/", "/hl7/", "/api/", "/dicomweb/")
 OPEN = ("/api/health", "/fhir/metadata")  # health for load balancers; the CapabilityStatement for discovery
 PHI_ROLES = (Role.ADMIN, Role.OPERATOR)
@@ -98,9 +100,10 @@ class TokenMiddleware:
         if path.startswith(GUARDED) and not path.startswith(OPEN):
             try:
                 refusal = self._refusal(request, path)
-            except DatabaseError:
+            except DatabaseError as exc:
                 # Tokens live in the database: while it is away the caller is told to come back
                 # (as the endpoints themselves say then), never let in unchecked.
+                log.warning("credentials not checked: the database is unavailable (%s)", db_error_code(exc))
                 return _unavailable(path)
             if refusal is not None:
                 return refusal
@@ -117,6 +120,12 @@ class TokenMiddleware:
             if not path.startswith("/api/") or principal_of(request) is None:
                 return _unauthorized("a Bearer token is required (Authorization: Bearer fhirai_...)")
         return None
+
+
+def db_error_code(exc: BaseException) -> str:
+    """The class and SQLSTATE of a database error, for the log (its message can quote values)."""
+    cause = exc.__cause__ or exc
+    return f"{type(cause).__name__} {getattr(cause, 'sqlstate', None) or getattr(cause, 'pgcode', None) or ''}".strip()
 
 
 def _unavailable(path: str) -> HttpResponse:

@@ -21,7 +21,7 @@ from django.views.decorators.csrf import csrf_exempt
 
 from fhirai import errors
 from fhirai.api.access import access_record
-from fhirai.api.auth import Principal, fhir_roles, principal_of
+from fhirai.api.auth import Principal, db_error_code, fhir_roles, principal_of
 from fhirai.audit.fhir import audit_lookup, audit_page
 from fhirai.results.models import FhirResource, FhirVersion
 from fhirai.results.searchparams import BY_NAME, PARAMS, Param, reference_normalize, values
@@ -506,10 +506,15 @@ def guarded(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
             # One transaction: a write and its access record commit together, or neither does.
             with transaction.atomic():
                 return _answered_and_recorded(view, request, principal, rtype, args, kwargs)
-        except DatabaseError:
+        except DatabaseError as exc:
             # PostgreSQL away (restarting, failing over, out of connections): a read cannot be
             # answered, nor recorded, now. 503 with Retry-After, as writes say then; never a 500 page.
-            log.warning("FHIR %s %s: the database is unavailable", request.method, rtype or "/")
+            log.warning(
+                "FHIR %s %s: the database is unavailable (%s)",
+                request.method,
+                rtype or "/",
+                db_error_code(exc),
+            )
             return negotiated(_unavailable)(request)
 
     return wrapper
