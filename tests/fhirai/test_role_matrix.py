@@ -114,6 +114,14 @@ UI = {
     ("POST", "logout"): OPEN,
 }
 
+# Machine routes outside /fhir/ and /api/: OAuth2 for machine clients. Open: the token endpoint
+# authenticates the client itself (a client assertion or secret, never a session or a Bearer token);
+# discovery comes before any credential.
+MACHINE = {
+    ("POST", "oauth-token"): OPEN,
+    ("GET", "smart-configuration"): OPEN,
+}
+
 # FHIR: (method, path, body) -> roles.
 PATIENT = {"resourceType": "Patient", "identifier": [{"system": "urn:matrix", "value": "P-1"}]}
 BUNDLE = {
@@ -123,6 +131,7 @@ BUNDLE = {
 }
 FHIR = [
     ("GET", "/fhir/metadata", None, OPEN),
+    ("GET", "/fhir/.well-known/smart-configuration", None, OPEN),
     ("GET", "/fhir/Patient", None, PHI),
     ("GET", f"/fhir/Patient?identifier={MRN}", None, PHI),
     ("POST", "/fhir/Patient/_search", None, PHI),
@@ -223,7 +232,33 @@ def test_every_console_route_is_in_the_matrix():
                 names.add(p.name)
 
     walk(get_resolver().url_patterns)
-    assert names == {name for _, name in UI}, f"unclassified: {names - {n for _, n in UI}}"
+    classified = {name for _, name in UI} | {name for _, name in MACHINE}
+    assert names == classified, f"unclassified: {names - classified}"
+
+
+@pytest.mark.parametrize("role", [*ROLES, None])
+def test_machine_routes_answer_every_caller_alike(world, role):
+    """No role opens or closes them: the token endpoint wants client credentials (401 invalid_client
+    without), discovery is open."""
+    from django.urls import reverse
+
+    client, headers = token_client(role)
+    wrong = []
+    for (method, name), allowed in MACHINE.items():
+        assert allowed is OPEN
+        path = reverse(name)
+        if method == "POST":
+            data = "grant_type=client_credentials&scope=system%2F*.rs"
+            response = client.post(
+                path, data, content_type="application/x-www-form-urlencoded", headers=headers
+            )
+            ok = response.status_code == 401 and response.json()["error"] == "invalid_client"
+        else:
+            response = client.get(path, headers=headers)
+            ok = response.status_code == 200
+        if not ok:
+            wrong.append(f"{method} {name} as {role}: {response.status_code}")
+    assert not wrong
 
 
 @pytest.mark.parametrize("role", [*ROLES, None])
