@@ -54,8 +54,13 @@ def client_register(
     unknown = [t for t in scope.split() if scope_parse(t) is None]
     if unknown:
         raise InvalidInput("invalid", f"not system scopes this server grants: {' '.join(unknown)}")
-    if scope and not scopes_grant(scope, allowed=scope, role=role):
-        raise InvalidInput("invalid", f"a {role} client can be granted none of: {scope}")
+    if not scopes_grant(scope, allowed=scope, role=role):
+        # A viewer is never granted a FHIR scope (every type is identified data), so it could
+        # never get a token: for /api/ it takes an API token (issue_token --role viewer).
+        hint = "; for /api/ use an API token (issue_token --role viewer)" if role == Role.VIEWER else ""
+        raise InvalidInput(
+            "invalid", f"a {role} client can be granted none of: {scope or '(no scope)'}{hint}"
+        )
     if jwks is not None:
         jwks_keys(jwks)  # refuse a JWKS with no usable key now, not at the first token request
     if jwks_uri:

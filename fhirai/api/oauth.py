@@ -47,6 +47,12 @@ INVALID_SCOPE = ("invalid_scope", 400)
 THROTTLED = ("invalid_client", 429)  # RFC 6585; Retry-After says when to try again
 
 
+def printable(text: str) -> str:
+    """Text for an error_description or a record: RFC 6749 5.2 allows printable ASCII but '"' and
+    '\\'; it may echo what a client sent (a kid), so anything else becomes '?'."""
+    return "".join(c if " " <= c <= "~" and c not in '"\\' else "?" for c in text)
+
+
 class OAuthError(Exception):
     """A refused token request: the RFC 6749 5.2 error, a description safe to show the client, the
     client id it named (for the record), and whether the client used HTTP Basic (the 401 then
@@ -57,7 +63,7 @@ class OAuthError(Exception):
     ) -> None:
         super().__init__(f"{kind[0]}: {description}")
         self.error, self.status = kind
-        self.description = description
+        self.description = printable(description)
         self.client_id = client_id
         self.basic = basic
         self.retry_after: int | None = None
@@ -161,15 +167,24 @@ def _client_id_presented(request: TokenRequest) -> str:
     if not methods:
         raise OAuthError(INVALID_CLIENT, "no client authentication (a client assertion or a client secret)")
     if request.basic is not None:
-        return request.basic[0][:64]
+        return _client_id_clean(request.basic[0], basic=True)
     if methods[0] == "private_key_jwt":
         try:
             claims = jwt.decode(form.get("client_assertion", ""), options={"verify_signature": False})
         except jwt.InvalidTokenError:
             claims = {}
         issuer = claims.get("iss") if isinstance(claims, dict) else None
-        return (issuer if isinstance(issuer, str) else form.get("client_id", ""))[:64]
-    return form.get("client_id", "")[:64]
+        return _client_id_clean(issuer if isinstance(issuer, str) else form.get("client_id", ""))
+    return _client_id_clean(form.get("client_id", ""))
+
+
+def _client_id_clean(raw: str, *, basic: bool = False) -> str:
+    """A presented client id, refused unless it could be one (printable, at most 64 characters):
+    the throttle, the lookup and the record then never meet a NUL or an unbounded string."""
+    if len(raw) <= 64 and raw.isprintable():
+        return raw
+    shown = "".join(c for c in raw if c.isprintable())[:64]
+    raise OAuthError(INVALID_CLIENT, "not a client id", client_id=shown, basic=basic)
 
 
 def _client_authenticate(request: TokenRequest, client_id: str) -> tuple[OAuthClient, str]:
@@ -375,9 +390,5 @@ def refusal_record(refused: OAuthError, client: OAuthClient | None, address: str
     else:
         named = "".join(c for c in refused.client_id if c.isprintable())[:64] or "?"
         principal = Principal(name=f"client-id:{named}", role="", via="oauth")
-    access_record(
-        principal,
-        "oauth.refused",
-        kind="oauth",
-        detail=f"{refused.error} ({refused.status}): {refused.description}; from {address}",
-    )
+    detail = f"{refused.error} ({refused.status}): {refused.description}; from {address}"
+    access_record(principal, "oauth.refused", kind="oauth", detail=printable(detail))

@@ -6,6 +6,8 @@ assertion can be wrong; then the tokens on /fhir/ and /api/, scope by scope."""
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 import json
 import threading
 import time
@@ -27,6 +29,8 @@ from fhirpy import SyncFHIRClient
 
 from fhirai.api.clients import client_register
 from fhirai.api.models import AccessEvent, OAuthClient, OAuthToken
+from fhirai.api.tokens import token_issue
+from fhirai.errors import InvalidInput
 from integrations.fhir.smart import BackendServicesAuth, TokenRefused
 from tests.support.json_http import JsonHandler
 
@@ -283,13 +287,11 @@ def test_assertions_that_must_be_refused(server, client, rsa_key, ec_key):
     claims = base64.urlsafe_b64encode(
         json.dumps({"iss": cid, "sub": cid, "aud": aud, "exp": now + 60, "jti": "h"}).encode()
     )
-    import hashlib
-    import hmac as _hmac
 
     signing_input = header.rstrip(b"=") + b"." + claims.rstrip(b"=")
-    signature = base64.urlsafe_b64encode(
-        _hmac.new(public_pem, signing_input, hashlib.sha256).digest()
-    ).rstrip(b"=")
+    signature = base64.urlsafe_b64encode(hmac.new(public_pem, signing_input, hashlib.sha256).digest()).rstrip(
+        b"="
+    )
     response = token_post(server, jwt_form((signing_input + b"." + signature).decode()))
     if response.status_code != 401:
         wrong["HS256 with the public key"] = (response.status_code, response.text)
@@ -562,3 +564,30 @@ def test_fhirais_client_reports_a_refusal_as_token_refused(server, client, rsa_k
     )
     with pytest.raises(TokenRefused, match="invalid_client"):
         auth.token()
+
+
+def test_a_client_id_with_control_characters_is_refused_not_a_server_error(server, rsa_key):
+    form = {"grant_type": "client_credentials", "scope": "system/*.rs"}
+    _refused(token_post(server, form, auth=("abc\x00def", "secret")))
+    signed = assertion(rsa_key, "abc\x00def", f"{server}/auth/token")
+    _refused(token_post(server, jwt_form(signed)))
+    _refused(token_post(server, jwt_form(assertion(rsa_key, "x" * 65, f"{server}/auth/token"))))
+    assert "\x00" not in "".join(AccessEvent.objects.values_list("actor", flat=True))
+
+
+def test_token_endpoint_events_are_user_authentication_audit_events(server, client, rsa_key):
+    token_for(server, client, rsa_key, "system/Observation.rs")
+    token_post(server, jwt_form(assertion(rsa_key, client.client_id, f"{server}/fhir")))  # wrong aud
+    auditor = token_issue("audit-reader", role="auditor")[1]
+    found = requests.get(
+        f"{server}/fhir/AuditEvent?subtype=110122", headers=bearer(auditor), timeout=10
+    ).json()
+    events = {e["resource"]["subtype"][1]["code"]: e["resource"] for e in found["entry"]}
+    assert {"oauth.token", "oauth.refused"} <= set(events)
+    assert events["oauth.token"]["type"]["code"] == "110114" and events["oauth.token"]["outcome"] == "0"
+    assert events["oauth.refused"]["outcome"] == "4"
+
+
+def test_a_viewer_client_cannot_be_registered(db):
+    with pytest.raises(InvalidInput, match="API token"):
+        client_register("dashboard", role="viewer", with_secret=True)
