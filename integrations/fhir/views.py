@@ -528,9 +528,9 @@ def guarded(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
         principal = principal_of(request)
         if principal is not None and principal.role not in fhir_roles(rtype):
             return negotiated(_forbidden)(request, principal.role, rtype)
-        bundle = rtype is None and "_history" not in request.path
+        bundle = request.resolver_match is not None and request.resolver_match.url_name == "fhir-base"
         if principal is not None and principal.scopes is not None and not bundle:
-            interaction = _interaction(request, kwargs)
+            interaction = _interaction(request)
             if not scopes_allow(principal.scopes, rtype or "*", interaction):
                 return negotiated(_insufficient_scope)(request, rtype, interaction)
         response = view(request, *args, **kwargs)
@@ -560,20 +560,26 @@ def guarded(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
     return wrapper
 
 
-def _interaction(request: HttpRequest, kwargs: dict[str, Any]) -> str:
+# SMART v2 permissions by route (integrations/fhir/urls.py); the type and instance routes go by method.
+ROUTE_INTERACTIONS = {
+    "fhir-vread": "r",
+    "fhir-search-post": "s",
+    "fhir-history-system": "s",
+    "fhir-history-type": "s",
+    "fhir-history-instance": "s",
+}
+METHOD_INTERACTIONS = {"POST": "c", "PUT": "u", "DELETE": "d"}
+
+
+def _interaction(request: HttpRequest) -> str:
     """The request's SMART v2 permission: c create, r read and vread, u update, d delete, s search
     and history (SMART App Launch 2, "Scopes for requesting FHIR resources")."""
-    if request.method == "DELETE":
-        return "d"
-    if "vid" in kwargs:
-        return "r"
-    if "_history" in request.path or request.path.endswith("/_search"):
-        return "s"
-    if request.method == "POST":
-        return "c"
-    if request.method == "PUT":
-        return "u"
-    return "r" if "rid" in kwargs else "s"
+    route = request.resolver_match.url_name if request.resolver_match else ""
+    if route in ROUTE_INTERACTIONS:
+        return ROUTE_INTERACTIONS[route]
+    if request.method in METHOD_INTERACTIONS:
+        return METHOD_INTERACTIONS[request.method]
+    return "r" if route == "fhir-instance" else "s"
 
 
 def _insufficient_scope(request: HttpRequest, rtype: str | None, interaction: str) -> HttpResponse:

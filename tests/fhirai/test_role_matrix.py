@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import re
+from base64 import b64encode
+from urllib.parse import quote
 
 import pytest
 from django.contrib.auth.models import Group, User
@@ -17,6 +19,7 @@ from django.test import Client
 from django.urls import URLPattern, URLResolver, get_resolver
 from django.utils import timezone
 
+from fhirai.api.clients import client_register
 from fhirai.api.models import AccessEvent
 from fhirai.api.tokens import token_issue
 from fhirai.api.views import api
@@ -336,9 +339,27 @@ def test_console_matrix(world, role):
     assert not wrong
 
 
-@pytest.mark.parametrize("role", [*ROLES, None])
-def test_fhir_matrix(world, role):
-    client, headers = token_client(role)
+def oauth_client(role: str) -> tuple[Client, dict[str, str]]:
+    """A machine client of this role, registered with its role's ceiling, and its access token."""
+    row, secret = client_register(f"matrix-{role}", role=role, with_secret=True)
+    client = Client()
+    answer = client.post(
+        "/auth/token",
+        f"grant_type=client_credentials&scope={quote(row.scope)}",
+        content_type="application/x-www-form-urlencoded",
+        headers={"Authorization": "Basic " + b64encode(f"{row.client_id}:{secret}".encode()).decode()},
+    )
+    assert answer.status_code == 200, answer.content
+    return client, {"Authorization": f"Bearer {answer.json()['access_token']}"}
+
+
+@pytest.mark.parametrize(
+    "role,via", [*((r, "token") for r in [*ROLES, None]), *((r, "oauth") for r in ROLES if r != "viewer")]
+)
+def test_fhir_matrix(world, role, via):
+    """API tokens, and OAuth clients granted their role's whole ceiling, meet the same matrix (a
+    viewer client cannot exist: it could be granted no scope)."""
+    client, headers = oauth_client(role) if via == "oauth" else token_client(role)
     wrong = []
     for method, template, body, allowed in FHIR:
         path = template.replace("{pid}", world["pid"])
