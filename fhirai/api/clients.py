@@ -47,7 +47,7 @@ def client_register(
 ) -> tuple[OAuthClient, str]:
     """A new client; returns the row and its secret ('' unless `with_secret`), shown once only.
     `scope` empty: the role's ceiling. Refuses scopes the role could never be granted, and a
-    client with no way to authenticate."""
+    client with no way, or more than one way, to authenticate."""
     if role not in Role.values:
         raise InvalidInput("invalid", f"role must be one of {', '.join(Role.values)}")
     scope = scope.strip() or ROLE_CEILING[Role(role)]
@@ -65,8 +65,11 @@ def client_register(
         jwks_keys(jwks)  # refuse a JWKS with no usable key now, not at the first token request
     if jwks_uri:
         jwks_uri_check(jwks_uri)
-    if jwks is None and not jwks_uri and not with_secret:
-        raise InvalidInput("invalid", "a client needs public keys (a JWKS or a jwks_uri) or a secret")
+    kinds = sum((jwks is not None, bool(jwks_uri), with_secret))
+    if kinds != 1:
+        # One way to authenticate per client: a key-based client must not also be open to the
+        # weaker shared secret, and the registry says plainly which one a client uses.
+        raise InvalidInput("invalid", "a client has exactly one of: a JWKS, a jwks_uri, a secret")
     secret = secrets.token_urlsafe(32) if with_secret else ""
     row = OAuthClient.objects.create(
         client_id=uuid.uuid4().hex,

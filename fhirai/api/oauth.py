@@ -29,7 +29,7 @@ from fhirai.api.models import ClientAuthFailure, OAuthAssertion, OAuthClient, OA
 from fhirai.api.scopes import Scope, scopes_grant, scopes_parse, scopes_text
 from fhirai.api.throttle import Lockout
 from fhirai.api.tokens import ACCESS_TOKEN_PREFIX, digest
-from fhirai.errors import InvalidInput
+from fhirai.errors import InvalidInput, Unavailable
 
 TOKEN_PATH = "/auth/token"  # nosec B105  # a URL path, not a password
 GRANT_TYPE = "client_credentials"
@@ -45,6 +45,10 @@ UNAUTHORIZED_CLIENT = ("unauthorized_client", 400)
 UNSUPPORTED_GRANT_TYPE = ("unsupported_grant_type", 400)
 INVALID_SCOPE = ("invalid_scope", 400)
 THROTTLED = ("invalid_client", 429)  # RFC 6585; Retry-After says when to try again
+UNAVAILABLE = (
+    "temporarily_unavailable",
+    503,
+)  # the client's keys could not be fetched (RFC 6749 4.1.2.1's code)
 
 
 def printable(text: str) -> str:
@@ -116,6 +120,7 @@ def token_request_handle(request: TokenRequest) -> Issued:
     """Authenticate the client, narrow its scopes, issue a token; each outcome is recorded.
     Raises OAuthError with the RFC 6749 5.2 answer."""
     client: OAuthClient | None = None
+    client_id = ""
     try:
         _grant_type_check(request.form)
         client_id = _client_id_presented(request)
@@ -128,6 +133,9 @@ def token_request_handle(request: TokenRequest) -> Issued:
         granted = _scope_grant(request.form, client)
     except OAuthError as refused:
         refusal_record(refused, client, request.address)
+        raise
+    except Unavailable as exc:  # the client's jwks_uri did not answer: the client may retry
+        refusal_record(OAuthError(UNAVAILABLE, str(exc), client_id=client_id), None, request.address)
         raise
     issued = _token_issue(client, granted)
     access_record(

@@ -16,6 +16,7 @@ from django.views.decorators.csrf import csrf_exempt
 from fhirai.api.oauth import (
     INVALID_CLIENT,
     INVALID_REQUEST,
+    UNAVAILABLE,
     OAuthError,
     TokenRequest,
     refusal_record,
@@ -91,10 +92,10 @@ def token(request: HttpRequest) -> HttpResponse:
         issued = token_request_handle(parsed)
     except OAuthError as refused:  # recorded by the handler
         return _error(refused)
-    except Unavailable as exc:  # a client's jwks_uri did not answer: retry later
-        response = _answer({"error": "temporarily_unavailable", "error_description": str(exc)}, 503)
-        response["Retry-After"] = "30"
-        return response
+    except Unavailable as exc:  # a client's jwks_uri did not answer (recorded by the handler)
+        unavailable = OAuthError(UNAVAILABLE, str(exc))
+        unavailable.retry_after = 30
+        return _error(unavailable)
     body = {
         "access_token": issued.token,
         "token_type": "bearer",  # nosec B105  # RFC 6750 token type, not a password

@@ -9,6 +9,7 @@ import base64
 import hashlib
 import hmac
 import json
+import socket
 import threading
 import time
 import uuid
@@ -591,3 +592,23 @@ def test_token_endpoint_events_are_user_authentication_audit_events(server, clie
 def test_a_viewer_client_cannot_be_registered(db):
     with pytest.raises(InvalidInput, match="API token"):
         client_register("dashboard", role="viewer", with_secret=True)
+
+
+def test_a_jwks_uri_that_does_not_answer_is_503_to_retry_and_recorded(server, rsa_key):
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{s.getsockname()[1]}/jwks.json"
+    client = client_register("keys-down", role="operator", jwks_uri=url)[0]
+    response = token_post(server, jwt_form(assertion(rsa_key, client.client_id, f"{server}/auth/token")))
+    assert _refused(response, "temporarily_unavailable", 503) and response.headers["Retry-After"] == "30"
+    assert AccessEvent.objects.filter(
+        action="oauth.refused", detail__contains="temporarily_unavailable"
+    ).exists()
+
+
+def test_a_client_has_exactly_one_way_to_authenticate(rsa_key, db):
+    jwks = {"keys": [public_jwk(rsa_key, KID_RSA)]}
+    with pytest.raises(InvalidInput, match="exactly one"):
+        client_register("both", role="operator", jwks=jwks, with_secret=True)
+    with pytest.raises(InvalidInput, match="exactly one"):
+        client_register("none", role="operator")

@@ -22,9 +22,10 @@ class Command(BaseCommand):
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("name", help="who the client is (shown in the audit trail)")
         parser.add_argument("--role", choices=Role.values, required=True, help="the ceiling of its tokens")
-        parser.add_argument("--jwks", type=Path, help="a file with the client's public keys (a JWKS)")
-        parser.add_argument("--jwks-uri", default="", help="https URL where the client publishes its JWKS")
-        parser.add_argument("--secret", action="store_true", help="generate a client secret (shown once)")
+        how = parser.add_mutually_exclusive_group(required=True)
+        how.add_argument("--jwks", type=Path, help="a file with the client's public keys (a JWKS)")
+        how.add_argument("--jwks-uri", default="", help="https URL where the client publishes its JWKS")
+        how.add_argument("--secret", action="store_true", help="generate a client secret (shown once)")
         parser.add_argument(
             "--scope", default="", help="SMART system scopes it may get (default: the role's)"
         )
