@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import jwt
@@ -45,10 +46,8 @@ UNAUTHORIZED_CLIENT = ("unauthorized_client", 400)
 UNSUPPORTED_GRANT_TYPE = ("unsupported_grant_type", 400)
 INVALID_SCOPE = ("invalid_scope", 400)
 THROTTLED = ("invalid_client", 429)  # RFC 6585; Retry-After says when to try again
-UNAVAILABLE = (
-    "temporarily_unavailable",
-    503,
-)  # the client's keys could not be fetched (RFC 6749 4.1.2.1's code)
+# The client's keys could not be fetched: retry later (the code RFC 6749 4.1.2.1 defines).
+UNAVAILABLE = ("temporarily_unavailable", 503)
 
 
 def printable(text: str) -> str:
@@ -71,6 +70,9 @@ class OAuthError(Exception):
         self.client_id = client_id
         self.basic = basic
         self.retry_after: int | None = None
+
+
+Refuse = Callable[[str], OAuthError]  # a reason -> the invalid_client refusal to raise
 
 
 @dataclass(frozen=True)
@@ -251,7 +253,7 @@ def _assertion_verify(form: dict[str, str], client_id: str) -> OAuthClient:
     return client
 
 
-def _client_key(client: OAuthClient, kid: str, refuse: Any) -> jwt.PyJWK:
+def _client_key(client: OAuthClient, kid: str, refuse: Refuse) -> jwt.PyJWK:
     """The client's key `kid`; an unknown kid refetches a jwks_uri once (keys are rotated)."""
     try:
         keys = client_keys(client)
@@ -264,7 +266,10 @@ def _client_key(client: OAuthClient, kid: str, refuse: Any) -> jwt.PyJWK:
     return keys[kid]
 
 
-def _claims_verify(assertion: str, key: jwt.PyJWK, alg: str, client_id: str, refuse: Any) -> dict[str, Any]:
+def _claims_verify(
+    assertion: str, key: jwt.PyJWK, alg: str, client_id: str, refuse: Refuse
+) -> dict[str, Any]:
+    """The claims, once PyJWT has checked signature, aud, iss and exp; then SMART's own limits."""
     try:
         claims = jwt.decode(
             assertion,
@@ -298,7 +303,7 @@ def _jti_spend(client: OAuthClient, claims: dict[str, Any]) -> None:
             OAuthAssertion.objects.create(
                 client=client,
                 jti_sha256=hashlib.sha256(claims["jti"].encode()).hexdigest(),
-                expires_at=datetime.fromtimestamp(claims["exp"], tz=now.tzinfo),
+                expires_at=datetime.fromtimestamp(claims["exp"], tz=UTC),
             )
     except IntegrityError:
         raise OAuthError(
