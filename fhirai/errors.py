@@ -25,3 +25,7 @@ class Unavailable(FhiraiError):
 
 class NotFound(FhiraiError):
     """The thing asked for does not exist."""
+
+
+class Forbidden(FhiraiError):
+    """The caller may not do this (its role or its OAuth scopes do not allow it): HTTP 403."""

@@ -573,6 +573,17 @@ FHIRAI_FHIR_PAGE_MAX = env_int("FHIRAI_FHIR_PAGE_MAX", 500, minimum=1)
 # console session); only /fhir/metadata and the health checks are open. `false` opens them to
 # anyone who can reach the port (a lab behind its own gateway), and is audited as anonymous.
 FHIRAI_REQUIRE_TOKENS = env_bool("FHIRAI_REQUIRE_TOKENS", True)
+# OAuth2 for machine clients (fhirai.api.oauth; `python manage.py oauth_client_register`): the token
+# endpoint is FHIRAI_BASE_URL/auth/token; its access tokens live this many seconds (SMART suggests
+# at most 300). Failed client authentications are throttled like console logins: after this many
+# for one client id, or from one address, within the window, the endpoint answers 429.
+FHIRAI_OAUTH_TOKEN_LIFETIME = env_int("FHIRAI_OAUTH_TOKEN_LIFETIME", 300, minimum=30)
+FHIRAI_OAUTH_MAX_FAILURES = env_int("FHIRAI_OAUTH_MAX_FAILURES", 10, minimum=1)
+FHIRAI_OAUTH_MAX_FAILURES_PER_ADDRESS = env_int("FHIRAI_OAUTH_MAX_FAILURES_PER_ADDRESS", 50, minimum=1)
+FHIRAI_OAUTH_FAILURE_WINDOW_SECONDS = env_int("FHIRAI_OAUTH_FAILURE_WINDOW_SECONDS", 900, minimum=1)
+# A client's jwks_uri: fetched with this timeout, then kept this long (an unknown kid refetches it).
+FHIRAI_OAUTH_JWKS_TIMEOUT = env_float("FHIRAI_OAUTH_JWKS_TIMEOUT", 5.0)
+FHIRAI_OAUTH_JWKS_CACHE_SECONDS = env_int("FHIRAI_OAUTH_JWKS_CACHE_SECONDS", 300, minimum=0)
 
 # --- webhooks (fhirai/webhooks: outbox; integrations/webhooks: Standard Webhooks wire format) ----
 FHIRAI_WEBHOOK_SENDER = env_str("FHIRAI_WEBHOOK_SENDER", "integrations.webhooks.sender.http_send")

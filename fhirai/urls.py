@@ -1,4 +1,4 @@
-"""URL roots (wiring): the FHIR facade, FHIR Subscription notifications, HL7, health, the console."""
+"""URL roots (wiring): the FHIR facade, the OAuth2 token endpoint, FHIR Subscription notifications, HL7, health, the console."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from django.contrib import admin
 from django.urls import include, path
 from django.views.generic import RedirectView
 
+from fhirai.api import oauth_views
 from fhirai.api.views import api
 from fhirai.ui import views as ui
 from integrations.fhir import subscription_hook
@@ -13,6 +14,9 @@ from integrations.webhooks import inbound as hooks
 
 urlpatterns = [
     path("fhir/", include("integrations.fhir.urls")),
+    # OAuth2 for machine clients (SMART Backend Services): the token endpoint and its discovery
+    path("auth/token", oauth_views.token, name="oauth-token"),
+    path(".well-known/smart-configuration", oauth_views.smart_configuration_view, name="smart-configuration"),
     path("hl7/", include("integrations.hl7.urls")),
     path("dicomweb/", include("integrations.dicomweb.urls")),
     path("fhir-subscription/", subscription_hook.notification_endpoint, name="fhir-subscription"),

@@ -2,7 +2,11 @@
 groups admin/operator/viewer/auditor; a superuser is admin). The middleware guards the machine
 endpoints: with FHIRAI_REQUIRE_TOKENS on, /fhir/, /hl7/, /dicomweb/ and /api/ (but /api/health) need a valid
 token (the CapabilityStatement at /fhir/metadata stays open: clients discover the server with it); with
-it off they stay open as before, but a Bearer token that is sent must be valid."""
+it off they stay open as before, but a Bearer token that is sent must be valid.
+
+A Bearer token is an API token (`fhirai_...`, role only) or an OAuth2 access token a machine client
+got from /auth/token (`fhirai-at-...`: its client's role, and the SMART scopes it was granted,
+which the FHIR facade checks as well)."""
 
 from __future__ import annotations
 
@@ -16,22 +20,26 @@ from django.db import DatabaseError
 from django.http import HttpRequest, HttpResponse, JsonResponse
 
 from fhirai.api.models import Role
-from fhirai.api.tokens import token_check
+from fhirai.api.scopes import Scope
+from fhirai.api.tokens import access_token_check, token_check
 
 log = logging.getLogger(__name__)
 GUARDED = ("/fhir/", "/hl7/", "/api/", "/dicomweb/")
-OPEN = ("/api/health", "/fhir/metadata")  # health for load balancers; the CapabilityStatement for discovery
+# health for load balancers; the CapabilityStatement and the SMART configuration for discovery
+OPEN = ("/api/health", "/fhir/metadata", "/fhir/.well-known/smart-configuration")
 PHI_ROLES = (Role.ADMIN, Role.OPERATOR)
 ROLE_ORDER = (Role.ADMIN, Role.OPERATOR, Role.AUDITOR, Role.VIEWER)
 
 
 @dataclass(frozen=True)
 class Principal:
-    """The caller: a name for the audit trail and one role."""
+    """The caller: a name for the audit trail and one role; for an OAuth access token also the
+    SMART scopes granted (None: an API token or a session, bounded by the role alone)."""
 
     name: str
     role: str
-    via: str  # "token" or "session"
+    via: str  # "token", "oauth" or "session"
+    scopes: tuple[Scope, ...] | None = None
 
     @property
     def sees_phi(self) -> bool:
@@ -74,6 +82,11 @@ def principal_of(request: HttpRequest) -> Principal | None:
         row = token_check(token)
         if row is not None:
             principal = Principal(name=f"token:{row.name}", role=row.role, via="token")
+        elif (grant := access_token_check(token)) is not None:
+            client = grant.client
+            principal = Principal(
+                name=f"client:{client.name}", role=client.role, via="oauth", scopes=grant.scopes
+            )
     elif token is None:
         user = getattr(request, "user", None)
         role = user_role(user)
@@ -83,9 +96,11 @@ def principal_of(request: HttpRequest) -> Principal | None:
     return principal
 
 
-def _unauthorized(message: str) -> JsonResponse:
+def _unauthorized(message: str, *, invalid: bool = False) -> JsonResponse:
+    """401; for a token that was sent but is not valid, RFC 6750 3.1's error="invalid_token"."""
     response = JsonResponse({"detail": message}, status=401)
-    response["WWW-Authenticate"] = 'Bearer realm="fhirai"'
+    error = ', error="invalid_token"' if invalid else ""
+    response["WWW-Authenticate"] = f'Bearer realm="fhirai"{error}'
     return response
 
 
@@ -113,7 +128,9 @@ class TokenMiddleware:
         token = bearer(request)
         if token is not None:
             if principal_of(request) is None:
-                return _unauthorized("the Bearer token is not valid (unknown, malformed or revoked)")
+                return _unauthorized(
+                    "the Bearer token is not valid (unknown, malformed, expired or revoked)", invalid=True
+                )
         elif settings.FHIRAI_REQUIRE_TOKENS:
             # The console's own pages call /api/ with their session; the machine endpoints
             # (/fhir/, /hl7/) take tokens only.

@@ -70,3 +70,59 @@ class LoginFailure(models.Model):
 
     class Meta:
         indexes = [models.Index(fields=["username", "at"]), models.Index(fields=["address", "at"])]
+
+
+class OAuthClient(models.Model):
+    """A machine client of the OAuth2 token endpoint (fhirai.api.oauth): SMART Backend Services with
+    its public keys (a JWKS, or a jwks_uri fhirai fetches), or client credentials with a secret (only
+    its SHA-256: the secret is 256 random bits fhirai made). `role` is the ceiling of what its tokens
+    may do; `scope` the SMART scopes it may be granted."""
+
+    client_id = models.CharField(max_length=64, unique=True)
+    name = models.CharField(max_length=64)
+    role = models.CharField(max_length=16, choices=Role.choices)
+    scope = models.TextField(blank=True, default="")
+    jwks = models.JSONField(null=True, blank=True)
+    jwks_uri = models.URLField(max_length=500, blank=True, default="")
+    secret_sha256 = models.CharField(max_length=64, blank=True, default="")
+    created_at = models.DateTimeField()
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"OAuth client {self.name} ({self.client_id}, {self.role})"
+
+
+class OAuthToken(models.Model):
+    """An access token issued to a client: only its SHA-256 is kept. It works until `expires_at`
+    and only while its client is not revoked."""
+
+    client = models.ForeignKey(OAuthClient, on_delete=models.CASCADE, related_name="tokens")
+    token_sha256 = models.CharField(max_length=64, unique=True)
+    scope = models.TextField()
+    issued_at = models.DateTimeField()
+    expires_at = models.DateTimeField(db_index=True)
+
+
+class OAuthAssertion(models.Model):
+    """A client assertion's jti, kept until the assertion expires, so it is accepted once only
+    (RFC 7523 3, SMART Backend Services). The unique constraint refuses the replay."""
+
+    client = models.ForeignKey(OAuthClient, on_delete=models.CASCADE)
+    jti_sha256 = models.CharField(max_length=64)
+    expires_at = models.DateTimeField(db_index=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["client", "jti_sha256"], name="oauth_jti_once")]
+
+
+class ClientAuthFailure(models.Model):
+    """One failed client authentication at the token endpoint, kept for the throttle's window
+    (fhirai.api.oauth). `client_id` is as presented (it may name no client)."""
+
+    at = models.DateTimeField()
+    client_id = models.CharField(max_length=64)
+    address = models.CharField(max_length=64)
+
+    class Meta:
+        indexes = [models.Index(fields=["client_id", "at"]), models.Index(fields=["address", "at"])]

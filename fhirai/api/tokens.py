@@ -1,22 +1,30 @@
 """Issuing, checking and revoking API tokens. The token is `fhirai_<prefix>_<secret>`: the
 prefix finds the row, the secret's SHA-256 is compared in constant time (hmac.compare_digest),
-so neither a timing difference nor a database dump gives a usable token away."""
+so neither a timing difference nor a database dump gives a usable token away.
+
+OAuth2 access tokens (issued by fhirai.api.oauth to machine clients) are checked here too: they
+are `fhirai-at-<secret>`, found by the SHA-256 of the whole token, live until their expiry and
+only while their client is not revoked."""
 
 from __future__ import annotations
 
 import hashlib
 import hmac
 import secrets
+from dataclasses import dataclass
 
 from django.db.models import Q
 from django.utils import timezone
 
-from fhirai.api.models import ApiToken, Role
+from fhirai.api.models import ApiToken, OAuthClient, OAuthToken, Role
+from fhirai.api.scopes import Scope, scopes_parse
 
 TOKEN_PREFIX = "fhirai"  # nosec B105  # the public marker every token starts with, not a secret
+ACCESS_TOKEN_PREFIX = "fhirai-at-"  # nosec B105  # the public marker of OAuth access tokens
 
 
-def _digest(secret: str) -> str:
+def digest(secret: str) -> str:
+    """SHA-256 (hex) of a secret of 256 random bits: enough, no slow KDF needed."""
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
@@ -30,7 +38,7 @@ def token_issue(name: str, *, role: str = Role.VIEWER) -> tuple[ApiToken, str]:
         if not ApiToken.objects.filter(prefix=prefix).exists():
             break
     row = ApiToken.objects.create(
-        name=name, role=role, prefix=prefix, secret_sha256=_digest(secret), created_at=timezone.now()
+        name=name, role=role, prefix=prefix, secret_sha256=digest(secret), created_at=timezone.now()
     )
     return row, f"{TOKEN_PREFIX}_{prefix}_{secret}"
 
@@ -43,8 +51,8 @@ def token_check(token: str) -> ApiToken | None:
         return None
     row = ApiToken.objects.filter(prefix=prefix, revoked_at__isnull=True).first()
     # Compare even when there is no row, so an unknown prefix takes as long as a wrong secret.
-    expected = row.secret_sha256 if row is not None else _digest("")
-    if not hmac.compare_digest(expected, _digest(secret)) or row is None:
+    expected = row.secret_sha256 if row is not None else digest("")
+    if not hmac.compare_digest(expected, digest(secret)) or row is None:
         return None
     now = timezone.now()
     if row.last_used_at is None or (now - row.last_used_at).total_seconds() > 60:
@@ -57,3 +65,26 @@ def token_revoke(name_or_prefix: str) -> int:
     return ApiToken.objects.filter(
         Q(name=name_or_prefix) | Q(prefix=name_or_prefix), revoked_at__isnull=True
     ).update(revoked_at=timezone.now())
+
+
+@dataclass(frozen=True)
+class Grant:
+    """A live OAuth access token's client and granted scopes."""
+
+    client: OAuthClient
+    scopes: tuple[Scope, ...]
+
+
+def access_token_check(token: str) -> Grant | None:
+    """The client and scopes of a live OAuth access token, or None (unknown, expired, client
+    revoked). Found by its SHA-256: 256 random bits cannot be guessed, so the lookup leaks nothing."""
+    if not token.startswith(ACCESS_TOKEN_PREFIX):
+        return None
+    row = (
+        OAuthToken.objects.select_related("client")
+        .filter(token_sha256=digest(token), expires_at__gt=timezone.now(), client__revoked_at__isnull=True)
+        .first()
+    )
+    if row is None:
+        return None
+    return Grant(client=row.client, scopes=scopes_parse(row.scope))

@@ -119,7 +119,7 @@ def audit_search(
 ACCESS_PREFIX = "access-"
 REST = "http://terminology.hl7.org/CodeSystem/audit-event-type"
 INTERACTION = "http://hl7.org/fhir/restful-interaction"
-LOGIN_FAILURES = ("login.failed", "login.locked", "login.refused")
+LOGIN_FAILURES = ("login.failed", "login.locked", "login.refused", "oauth.refused")
 
 
 READS = ("view", "read", "rendered", "metadata", "retrieve", "frames", "instances", "series", "studies")
@@ -128,15 +128,15 @@ QUERIES = ("search", "list", "history")
 SUBTYPE_ACTIONS = {
     "read": rf"\.({'|'.join(READS)})$",
     "search-type": rf"\.({'|'.join(QUERIES)})$",
-    "110122": r"^login\.",
+    "110122": r"^(login|oauth)\.",
 }
 
 
 def _access_shape(action: str) -> tuple[dict[str, str], dict[str, str], str]:
     """(type, subtype, action code) after IHE BALP: Query for searches and lists, Read for views,
-    Update for changes; a failed console login as DICOM User Authentication."""
+    Update for changes; a console login and an OAuth token request as DICOM User Authentication."""
     verb = action.rsplit(".", 1)[-1]
-    if action.startswith("login."):
+    if action.startswith(("login.", "oauth.")):
         return (
             {"system": DCM, "code": "110114", "display": "User Authentication"},
             {"system": DCM, "code": "110122", "display": "Login"},

@@ -2,11 +2,16 @@
 database transaction, with urn:uuid fullUrls resolved to the ids the server assigns (conditional
 creates resolved first, so references point at the existing resource); a batch processes each
 entry on its own. Entries: POST (create, optional ifNoneExist), PUT (update / update-as-create),
-GET (read)."""
+GET (read).
+
+`permits`, when given, says whether the caller may do an interaction (SMART's c r u of "cruds") on a
+resource type: a transaction with an entry it may not do is refused whole (Forbidden, nothing
+written); in a batch that entry alone answers 403."""
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from django.db import transaction
@@ -16,7 +21,7 @@ from fhirai.context.facts import OrderFacts, PatientFacts
 from fhirai.context.received import order_received
 from fhirai.context.records import fhir_subject_patient, patient_upsert
 from fhirai.context.reports import fhir_report_received
-from fhirai.errors import InvalidInput, NotFound
+from fhirai.errors import Forbidden, InvalidInput, NotFound
 from fhirai.results.models import FhirResource
 from fhirai.results.resources import references_rewrite, system
 from fhirai.results.store import (
@@ -49,13 +54,22 @@ def conditions(query: str) -> list[list[TokenParam]]:
     return out
 
 
-def bundle_process(bundle: Any) -> dict[str, Any]:
+Permits = Callable[[str, str], bool]  # (resource type, interaction "c"/"r"/"u") -> allowed
+INTERACTIONS = {"POST": "c", "GET": "r", "PUT": "u"}
+
+
+def bundle_process(bundle: Any, *, permits: Permits | None = None) -> dict[str, Any]:
     """Process a transaction or batch Bundle and return the transaction-response / batch-response."""
     if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
         raise InvalidInput("invalid", "POST to the base must carry a Bundle")
     kind = bundle.get("type")
     entries = bundle.get("entry") or []
     if kind == "transaction":
+        if permits is not None:
+            for index, entry in enumerate(entries):
+                refused = _entry_refused(entry, permits)
+                if refused:
+                    raise Forbidden(f"Bundle.entry[{index}]: {refused}")
         with transaction.atomic():
             responses = _transaction(entries)
         return {"resourceType": "Bundle", "type": "transaction-response", "entry": responses}
@@ -63,9 +77,41 @@ def bundle_process(bundle: Any) -> dict[str, Any]:
         return {
             "resourceType": "Bundle",
             "type": "batch-response",
-            "entry": [_batch_entry(e) for e in entries],
+            "entry": [
+                _batch_forbidden(r) if (r := _entry_refused(e, permits)) else _batch_entry(e) for e in entries
+            ],
         }
     raise InvalidInput("invalid", "Bundle.type must be transaction or batch")
+
+
+def _entry_refused(entry: Any, permits: Permits | None) -> str:
+    """Why the caller may not do this entry ('' when it may, or when the entry is malformed: that
+    is refused as such later). Both the URL's type and the resource's own are checked: a create
+    stores the resource under its resourceType whatever the URL says."""
+    if permits is None:
+        return ""
+    try:
+        method, url, resource = _request(entry)
+    except InvalidInput:
+        return ""
+    interaction = INTERACTIONS[method]
+    types = {url.split("/", 1)[0]}
+    if isinstance(resource, dict) and isinstance(resource.get("resourceType"), str):
+        types.add(resource["resourceType"])
+    denied = sorted(t for t in types if not permits(t, interaction))
+    if denied:
+        return f"{method} {url}: insufficient_scope for {interaction} on {', '.join(denied)}"
+    return ""
+
+
+def _batch_forbidden(reason: str) -> dict[str, Any]:
+    issue = {"severity": "error", "code": "forbidden", "diagnostics": reason}
+    return {
+        "response": {
+            "status": "403 Forbidden",
+            "outcome": {"resourceType": "OperationOutcome", "issue": [issue]},
+        }
+    }
 
 
 def _transaction(entries: list[Any]) -> list[dict[str, Any]]:

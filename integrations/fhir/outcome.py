@@ -34,6 +34,15 @@ def outcome(kind: tuple[str, int], diagnostics: str, *, expression: str | None =
     return response
 
 
+def insufficient_scope(diagnostics: str, *, scope: str = "") -> HttpResponse:
+    """403 for an OAuth token whose SMART scopes do not cover the request: an OperationOutcome
+    (forbidden), and RFC 6750 3.1's error="insufficient_scope" (with the scope that would do)."""
+    response = outcome(FORBIDDEN, f"insufficient_scope: {diagnostics}")
+    needed = f', scope="{scope}"' if scope else ""
+    response["WWW-Authenticate"] = f'Bearer realm="fhirai", error="insufficient_scope"{needed}'
+    return response
+
+
 class Refusal(Exception):  # noqa: N818 - carries the answer, not a failure of fhirai's
     """Raised by a FHIR endpoint's helpers to answer with this OperationOutcome response."""
 

@@ -22,6 +22,8 @@ from django.views.decorators.csrf import csrf_exempt
 from fhirai import errors
 from fhirai.api.access import access_record
 from fhirai.api.auth import Principal, db_error_code, fhir_roles, principal_of
+from fhirai.api.oauth import token_endpoint_url
+from fhirai.api.scopes import scopes_allow
 from fhirai.audit.fhir import audit_lookup, audit_page
 from fhirai.results.models import FhirResource, FhirVersion
 from fhirai.results.searchparams import BY_NAME, PARAMS, Param, reference_normalize, values
@@ -160,6 +162,36 @@ def _capability_resource(rtype: str) -> dict[str, Any]:
     }
 
 
+def _security() -> dict[str, Any]:
+    """rest.security: SMART on FHIR (SMART App Launch 2, "Conformance": the oauth-uris extension
+    names the token endpoint; the smart-configuration document has the rest)."""
+    return {
+        "cors": False,
+        "service": [
+            {
+                "coding": [
+                    {
+                        "system": "http://terminology.hl7.org/CodeSystem/restful-security-service",
+                        "code": "SMART-on-FHIR",
+                        "display": "SMART-on-FHIR",
+                    }
+                ],
+                "text": "OAuth2 client credentials (SMART Backend Services), or an API token",
+            }
+        ],
+        "extension": [
+            {
+                "url": "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris",
+                "extension": [{"url": "token", "valueUri": token_endpoint_url()}],
+            }
+        ],
+        "description": "Authorization: Bearer with an access token from the token endpoint "
+        "(client_credentials; private_key_jwt or a client secret; SMART system scopes) or an API "
+        "token (python manage.py issue_token). Without FHIRAI_REQUIRE_TOKENS, calls without a token "
+        "are still answered: expose the facade only on the trusted network then.",
+    }
+
+
 @fhir_view(("GET",))
 def metadata(request: HttpRequest) -> HttpResponse:
     """The CapabilityStatement: exactly what this server does (R4 4.0.1, JSON and XML)."""
@@ -179,11 +211,7 @@ def metadata(request: HttpRequest) -> HttpResponse:
                 "documentation": "Paging with _count (at most FHIRAI_FHIR_PAGE_MAX) and next/previous "
                 "links; _sort by _lastUpdated only; unknown parameters are ignored unless "
                 "Prefer: handling=strict. No delete, patch or operations.",
-                "security": {
-                    "cors": False,
-                    "description": "No authentication at this endpoint yet: expose it only on the "
-                    "trusted network (FHIRAI_BIND_ADDRESS).",
-                },
+                "security": _security(),
                 "resource": [_capability_resource(t) for t in TYPES],
                 "interaction": [{"code": "transaction"}, {"code": "batch"}, {"code": "history-system"}],
             }
@@ -490,7 +518,9 @@ def _write(view: Callable[..., HttpResponse], request: HttpRequest, *args: Any) 
 
 def guarded(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
     """Roles (fhirai.api.auth.fhir_roles) on every FHIR interaction but the CapabilityStatement:
-    a caller without the role gets 403 with an OperationOutcome; every interaction that answers
+    a caller without the role gets 403 with an OperationOutcome; an OAuth token must also carry a
+    SMART scope for the type and interaction (a Bundle's entries are checked one by one, in
+    write.bundle), else 403 insufficient_scope; every interaction that answers
     2xx leaves an access record (who, role, interaction, type; never the search values, which can
     be identifiers). Without credentials the facade is open only when FHIRAI_REQUIRE_TOKENS is off
     (the middleware answers 401 otherwise); such calls are recorded as anonymous."""
@@ -502,6 +532,11 @@ def guarded(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
         principal = principal_of(request)
         if principal is not None and principal.role not in fhir_roles(rtype):
             return negotiated(_forbidden)(request, principal.role, rtype)
+        bundle = request.resolver_match is not None and request.resolver_match.url_name == "fhir-base"
+        if principal is not None and principal.scopes is not None and not bundle:
+            interaction = _interaction(request)
+            if not scopes_allow(principal.scopes, rtype or "*", interaction):
+                return negotiated(_insufficient_scope)(request, rtype, interaction)
         try:
             # One transaction: a write and its access record commit together, or neither does.
             with transaction.atomic():
@@ -557,6 +592,36 @@ def _answered_and_recorded(
             detail=f"{request.method} /fhir/{where}" + (f" by {params}" if params else ""),
         )
     return response
+
+
+# SMART v2 permissions by route (integrations/fhir/urls.py); the type and instance routes go by method.
+ROUTE_INTERACTIONS = {
+    "fhir-vread": "r",
+    "fhir-search-post": "s",
+    "fhir-history-system": "s",
+    "fhir-history-type": "s",
+    "fhir-history-instance": "s",
+}
+METHOD_INTERACTIONS = {"POST": "c", "PUT": "u", "DELETE": "d"}
+
+
+def _interaction(request: HttpRequest) -> str:
+    """The request's SMART v2 permission: c create, r read and vread, u update, d delete, s search
+    and history (SMART App Launch 2, "Scopes for requesting FHIR resources")."""
+    route = request.resolver_match.url_name if request.resolver_match else ""
+    if route in ROUTE_INTERACTIONS:
+        return ROUTE_INTERACTIONS[route]
+    if request.method in METHOD_INTERACTIONS:
+        return METHOD_INTERACTIONS[request.method]
+    return "r" if route == "fhir-instance" else "s"
+
+
+def _insufficient_scope(request: HttpRequest, rtype: str | None, interaction: str) -> HttpResponse:
+    what = rtype or "every type (system-wide history)"
+    return outcome.insufficient_scope(
+        f"the token's scopes do not allow {interaction} on {what}",
+        scope=f"system/{rtype or '*'}.{interaction}",
+    )
 
 
 def _forbidden(request: HttpRequest, role: str, rtype: str | None) -> HttpResponse:

@@ -14,7 +14,9 @@ from django.db import DatabaseError, DataError
 from django.http import HttpRequest, HttpResponse
 
 from fhirai import errors
-from fhirai.ingest.fhir import EntryError, bundle_process, conditions, fhir_create, fhir_update
+from fhirai.api.auth import fhir_roles, principal_of
+from fhirai.api.scopes import scopes_allow
+from fhirai.ingest.fhir import EntryError, Permits, bundle_process, conditions, fhir_create, fhir_update
 from fhirai.results.models import FhirResource
 from fhirai.results.store import ResourceInvalid, VersionConflict
 from integrations.fhir import outcome
@@ -37,6 +39,8 @@ def _guarded(work: Any) -> HttpResponse:
         return work()
     except outcome.Refusal as refusal:
         return refusal.response
+    except errors.Forbidden as exc:
+        return outcome.insufficient_scope(str(exc))
     except EntryError as exc:
         return _invalid(
             exc.cause, prefix=f"Bundle.entry[{exc.index}].resource.", entry=f"Bundle.entry[{exc.index}]"
@@ -119,11 +123,21 @@ def update(request: HttpRequest, rtype: str, rid: str) -> HttpResponse:
     return _guarded(work)
 
 
+def _permits(request: HttpRequest) -> Permits | None:
+    """For an OAuth token, what each Bundle entry may do: the role's types and the granted scopes.
+    None for API tokens and sessions (their role was checked at the base, as before)."""
+    principal = principal_of(request)
+    if principal is None or principal.scopes is None:
+        return None
+    role, scopes = principal.role, principal.scopes
+    return lambda rtype, interaction: role in fhir_roles(rtype) and scopes_allow(scopes, rtype, interaction)
+
+
 def bundle(request: HttpRequest) -> HttpResponse:
-    """POST /fhir/ with a transaction or batch Bundle."""
+    """POST /fhir/ with a transaction or batch Bundle; an OAuth token's scopes are checked per entry."""
 
     def work() -> HttpResponse:
-        result = bundle_process(_body(request))
+        result = bundle_process(_body(request), permits=_permits(request))
         return HttpResponse(json.dumps(result), status=200, content_type=FHIR_JSON)
 
     return _guarded(work)

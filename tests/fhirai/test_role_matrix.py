@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import re
+from base64 import b64encode
+from urllib.parse import quote
 
 import pytest
 from django.contrib.auth.models import Group, User
@@ -17,6 +19,7 @@ from django.test import Client
 from django.urls import URLPattern, URLResolver, get_resolver
 from django.utils import timezone
 
+from fhirai.api.clients import client_register
 from fhirai.api.models import AccessEvent
 from fhirai.api.tokens import token_issue
 from fhirai.api.views import api
@@ -114,6 +117,14 @@ UI = {
     ("POST", "logout"): OPEN,
 }
 
+# Machine routes outside /fhir/ and /api/: OAuth2 for machine clients. Open: the token endpoint
+# authenticates the client itself (a client assertion or secret, never a session or a Bearer token);
+# discovery comes before any credential.
+MACHINE = {
+    ("POST", "oauth-token"): OPEN,
+    ("GET", "smart-configuration"): OPEN,
+}
+
 # FHIR: (method, path, body) -> roles.
 PATIENT = {"resourceType": "Patient", "identifier": [{"system": "urn:matrix", "value": "P-1"}]}
 BUNDLE = {
@@ -123,6 +134,7 @@ BUNDLE = {
 }
 FHIR = [
     ("GET", "/fhir/metadata", None, OPEN),
+    ("GET", "/fhir/.well-known/smart-configuration", None, OPEN),
     ("GET", "/fhir/Patient", None, PHI),
     ("GET", f"/fhir/Patient?identifier={MRN}", None, PHI),
     ("POST", "/fhir/Patient/_search", None, PHI),
@@ -223,7 +235,33 @@ def test_every_console_route_is_in_the_matrix():
                 names.add(p.name)
 
     walk(get_resolver().url_patterns)
-    assert names == {name for _, name in UI}, f"unclassified: {names - {n for _, n in UI}}"
+    classified = {name for _, name in UI} | {name for _, name in MACHINE}
+    assert names == classified, f"unclassified: {names - classified}"
+
+
+@pytest.mark.parametrize("role", [*ROLES, None])
+def test_machine_routes_answer_every_caller_alike(world, role):
+    """No role opens or closes them: the token endpoint wants client credentials (401 invalid_client
+    without), discovery is open."""
+    from django.urls import reverse
+
+    client, headers = token_client(role)
+    wrong = []
+    for (method, name), allowed in MACHINE.items():
+        assert allowed is OPEN
+        path = reverse(name)
+        if method == "POST":
+            data = "grant_type=client_credentials&scope=system%2F*.rs"
+            response = client.post(
+                path, data, content_type="application/x-www-form-urlencoded", headers=headers
+            )
+            ok = response.status_code == 401 and response.json()["error"] == "invalid_client"
+        else:
+            response = client.get(path, headers=headers)
+            ok = response.status_code == 200
+        if not ok:
+            wrong.append(f"{method} {name} as {role}: {response.status_code}")
+    assert not wrong
 
 
 @pytest.mark.parametrize("role", [*ROLES, None])
@@ -301,9 +339,27 @@ def test_console_matrix(world, role):
     assert not wrong
 
 
-@pytest.mark.parametrize("role", [*ROLES, None])
-def test_fhir_matrix(world, role):
-    client, headers = token_client(role)
+def oauth_client(role: str) -> tuple[Client, dict[str, str]]:
+    """A machine client of this role, registered with its role's ceiling, and its access token."""
+    row, secret = client_register(f"matrix-{role}", role=role, with_secret=True)
+    client = Client()
+    answer = client.post(
+        "/auth/token",
+        f"grant_type=client_credentials&scope={quote(row.scope)}",
+        content_type="application/x-www-form-urlencoded",
+        headers={"Authorization": "Basic " + b64encode(f"{row.client_id}:{secret}".encode()).decode()},
+    )
+    assert answer.status_code == 200, answer.content
+    return client, {"Authorization": f"Bearer {answer.json()['access_token']}"}
+
+
+@pytest.mark.parametrize(
+    "role,via", [*((r, "token") for r in [*ROLES, None]), *((r, "oauth") for r in ROLES if r != "viewer")]
+)
+def test_fhir_matrix(world, role, via):
+    """API tokens, and OAuth clients granted their role's whole ceiling, meet the same matrix (a
+    viewer client cannot exist: it could be granted no scope)."""
+    client, headers = oauth_client(role) if via == "oauth" else token_client(role)
     wrong = []
     for method, template, body, allowed in FHIR:
         path = template.replace("{pid}", world["pid"])
