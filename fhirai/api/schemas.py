@@ -297,10 +297,11 @@ OCTET = r"(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
 
 
 class DicomSourceIn(Schema):
-    """A calling AE title: 1-16 characters of the default repertoire, no backslash, not all spaces."""
+    """A calling AE title (1-16 characters of the default repertoire, no backslash, not all spaces),
+    alone or pinned to where it may come from: `CT_1@10.20.1.15`, `PACS@10.20.0.0/24`, IPv6 too."""
 
     model_config = ConfigDict(extra="forbid")
-    value: str = Field(pattern=r"^ {0,15}[\x21-\x5B\x5D-\x7E][\x20-\x5B\x5D-\x7E]{0,15}$", max_length=16)
+    value: str = Field(pattern=r"^[\x20-\x5B\x5D-\x7E]+$", max_length=64)
     note: str = Field("", max_length=200)
 
 
