@@ -33,6 +33,9 @@ from integrations.dicom.handlers import (
 )
 
 log = logging.getLogger(__name__)
+# A refused association is kept under fhirai.ingest.sources' codes, or, when every association
+# slot (FHIRAI_DICOM_MAX_ASSOCIATIONS) was taken, this one.
+TOO_MANY_ASSOCIATIONS = "too-many-associations"
 
 
 def _service_class(uid: str) -> type[ServiceClass]:
@@ -81,7 +84,7 @@ def rejection_keep(calling_ae: str, address: str, refusal: Refusal | None) -> No
     (fhirai.ingest.sources' codes), or, with no refusal, that every association slot was taken."""
     if refusal is None:
         refusal = Refusal(
-            "too-many-associations",
+            TOO_MANY_ASSOCIATIONS,
             f"association from calling AE {calling_ae!r} refused: FHIRAI_DICOM_MAX_ASSOCIATIONS reached",
         )
     try:

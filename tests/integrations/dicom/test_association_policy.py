@@ -226,3 +226,23 @@ def test_echoscu_with_a_wrong_called_title_is_refused_only_when_checked(scp, set
     assert refused.returncode != 0 and "Called AE Title Not Recognized" in refused.stdout + refused.stderr
     assert echoscu("FHIRAI").returncode == 0
     assert [r.code for r in _kept().values()] == ["called-ae-not-recognized"]
+
+
+@pytest.mark.parametrize("engine", ["fhirai", "pynetdicom"])
+def test_an_association_over_the_limit_is_kept_as_too_many_associations(engine, settings):
+    """Not as a calling AE refusal: the sender is let in, just not now (rejected-transient)."""
+    settings.FHIRAI_DICOM_ENGINE = engine
+    settings.FHIRAI_DICOM_ALLOW = ["TESTSCU@127.0.0.0/8"]
+    settings.FHIRAI_DICOM_MAX_ASSOCIATIONS = 1  # read when the listener starts
+    sources_changed()
+    port = free_port()
+    server = server_start(("127.0.0.1", port))
+    try:
+        held = _associate(port)
+        assert held.is_established
+        assert _rejected_with(port, source="127.0.0.2") == (0x02, 0x03, 0x02)  # PS3.8: local limit exceeded
+        held.release()
+    finally:
+        server.shutdown()
+    [kept] = _kept().values()
+    assert kept.code == "too-many-associations" and kept.peer == "TESTSCU@127.0.0.2"
