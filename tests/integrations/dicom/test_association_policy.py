@@ -20,6 +20,7 @@ import subprocess
 import time
 
 import pytest
+from django.core.exceptions import ImproperlyConfigured
 from pydicom.uid import ImplicitVRLittleEndian
 from pynetdicom import AE
 from pynetdicom.pdu import A_ASSOCIATE_RQ
@@ -92,10 +93,15 @@ def _associate_rq(calling: str, called: str) -> bytes:
 
 
 def _rejected_with(
-    port: int, *, calling: str = "TESTSCU", called: str = "FHIRAI", source: str = "127.0.0.1"
+    port: int,
+    *,
+    calling: str = "TESTSCU",
+    called: str = "FHIRAI",
+    source: str = "127.0.0.1",
+    host: str = "127.0.0.1",
 ) -> tuple[int, int, int]:
-    """The A-ASSOCIATE-RJ's (result, source, reason), PS3.8 9.3.4."""
-    with socket.create_connection(("127.0.0.1", port), timeout=10, source_address=(source, 0)) as sock:
+    """The A-ASSOCIATE-RJ's (result, source, reason), PS3.8 9.3.4, to a sender at `source`."""
+    with socket.create_connection((host, port), timeout=10, source_address=(source, 0)) as sock:
         sock.sendall(_associate_rq(calling, called))
         reply = b""
         while len(reply) < 10:  # an RJ is 10 bytes: header, reserved, result, source, reason
@@ -246,3 +252,29 @@ def test_an_association_over_the_limit_is_kept_as_too_many_associations(engine, 
         server.shutdown()
     [kept] = _kept().values()
     assert kept.code == "too-many-associations" and kept.peer == "TESTSCU@127.0.0.2"
+
+
+@pytest.mark.parametrize("engine", ["fhirai", "pynetdicom"])
+def test_a_sender_pinned_to_an_ipv6_address(engine, settings):
+    settings.FHIRAI_DICOM_ENGINE = engine
+    settings.FHIRAI_DICOM_ALLOW = ["TESTSCU@[::1]", "PACS@2001:db8::/64"]
+    sources_changed()
+    port = free_port()
+    server = server_start(("::1", port))
+    try:
+        scu = AE(ae_title="TESTSCU")
+        scu.add_requested_context(Verification)
+        assoc = scu.associate("::1", port, ae_title="FHIRAI")
+        assert assoc.is_established and assoc.send_c_echo().Status == status.SUCCESS
+        assoc.release()
+        assert _rejected_with(port, calling="PACS", source="::1", host="::1") == CALLING_AE_NOT_RECOGNIZED
+    finally:
+        server.shutdown()
+    [kept] = _kept().values()
+    assert kept.code == "calling-ae-address-not-allowed" and kept.peer == "PACS@::1"
+
+
+def test_a_malformed_allow_list_stops_the_scp_at_startup(settings):
+    settings.FHIRAI_DICOM_ALLOW = ["CT_1@10.20.1.300"]
+    with pytest.raises(ImproperlyConfigured, match="FHIRAI_DICOM_ALLOW"):
+        server_start(("127.0.0.1", free_port()))
