@@ -108,7 +108,12 @@ def handle_requested(event: evt.Event) -> None:
     request = assoc.requestor.primitive
     calling, called = str(request.calling_ae_title).strip(), str(request.called_ae_title).strip()
     address = str(assoc.requestor.address)
-    refusal = _association_check(calling, called, address)
+    try:
+        refusal = _association_check(calling, called, address)
+    except Exception:  # noqa: BLE001 - pynetdicom would log it and go on to accept: fail closed
+        log.exception("DICOM association from %s@%s aborted: it could not be checked", calling, address)
+        assoc.abort()
+        return
     if refusal is None:
         return
     assoc.acse.send_reject(*reject_reason(refusal))

@@ -278,3 +278,14 @@ def test_a_malformed_allow_list_stops_the_scp_at_startup(settings):
     settings.FHIRAI_DICOM_ALLOW = ["CT_1@10.20.1.300"]
     with pytest.raises(ImproperlyConfigured, match="FHIRAI_DICOM_ALLOW"):
         server_start(("127.0.0.1", free_port()))
+
+
+def test_an_association_that_cannot_be_checked_is_not_let_in(scp, monkeypatch):
+    """Fail closed on both engines (pynetdicom logs a failing EVT_REQUESTED handler and accepts)."""
+
+    def broken(**kwargs: str) -> None:
+        raise RuntimeError("the rules could not be read")
+
+    monkeypatch.setattr("integrations.dicom.scp.dicom_association_check", broken)
+    assoc = _associate(scp)
+    assert not assoc.is_established
