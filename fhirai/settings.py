@@ -307,7 +307,13 @@ FHIRAI_DICOM_AE = env_str("FHIRAI_DICOM_AE", "FHIRAI")
 if not (0 < len(FHIRAI_DICOM_AE) <= 16):
     raise ImproperlyConfigured("FHIRAI_DICOM_AE must be 1 to 16 characters (PS3.5 AE VR)")
 FHIRAI_DICOM_PORT = env_int("FHIRAI_DICOM_PORT", 11112, minimum=1)
+# Calling AE titles allowed to associate, each `AE` (any address) or `AE@address-or-network`;
+# checked when the SCP starts (fhirai.ingest.sources.dicom_rules).
 FHIRAI_DICOM_ALLOW = [a.strip() for a in env_str("FHIRAI_DICOM_ALLOW").split(",") if a.strip()]
+# Refuse an association whose called AE title is not fhirai's (FHIRAI_DICOM_AE, or FHIRAI_PRIORS_AE
+# with priors). Off by default, as Orthanc's DicomCheckCalledAet: many modalities are set up with
+# a wrong or placeholder called title and have always been answered.
+FHIRAI_DICOM_CHECK_CALLED_AE = env_bool("FHIRAI_DICOM_CHECK_CALLED_AE", False)
 # Storage SOP classes the SCP accepts (UIDs or pynetdicom keywords such as CTImageStorage): empty
 # accepts every storage SOP class; REJECT takes some away. Checked when the SCP starts.
 FHIRAI_DICOM_ACCEPT_SOP_CLASSES = [

@@ -296,11 +296,19 @@ class SourceRuleOut(Schema):
 OCTET = r"(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
 
 
+# An AE title here: 1-16 characters of the default repertoire, no backslash, no `@` (which starts
+# the address), not starting or ending in a space (padding around it is dropped).
+AE_CHAR = r"[\x21-\x3F\x41-\x5B\x5D-\x7E]"
+AE_TITLE = rf"{AE_CHAR}(?:[\x20-\x3F\x41-\x5B\x5D-\x7E]{{0,14}}{AE_CHAR})?"
+IPV4_NETWORK = rf"{OCTET}(\.{OCTET}){{3}}(/(3[0-2]|[12]?[0-9]))?"
+
+
 class DicomSourceIn(Schema):
-    """A calling AE title: 1-16 characters of the default repertoire, no backslash, not all spaces."""
+    """A calling AE title, alone or pinned to the IPv4 address or network it may come from
+    (`CT_1@10.20.1.15`, `PACS@10.20.0.0/24`); the console and FHIRAI_DICOM_ALLOW also take IPv6."""
 
     model_config = ConfigDict(extra="forbid")
-    value: str = Field(pattern=r"^ {0,15}[\x21-\x5B\x5D-\x7E][\x20-\x5B\x5D-\x7E]{0,15}$", max_length=16)
+    value: str = Field(pattern=rf"^ *{AE_TITLE} *(@ *{IPV4_NETWORK} *)?$", max_length=64)
     note: str = Field("", max_length=200)
 
 
@@ -308,7 +316,7 @@ class MllpSourceIn(Schema):
     """An IPv4 address or network (the console also takes IPv6)."""
 
     model_config = ConfigDict(extra="forbid")
-    value: str = Field(pattern=rf"^{OCTET}(\.{OCTET}){{3}}(/(3[0-2]|[12]?[0-9]))?$")
+    value: str = Field(pattern=rf"^{IPV4_NETWORK}$")
     note: str = Field("", max_length=200)
 
 

@@ -176,7 +176,8 @@ class Message(models.Model):
 
 class SourceRule(models.Model):
     """A sender allowed in, as set in the console, beside the settings' lists (FHIRAI_DICOM_ALLOW,
-    FHIRAI_MLLP_ALLOW): a DICOM calling AE title, or a network MLLP connections may come from.
+    FHIRAI_MLLP_ALLOW): a DICOM calling AE title (`AE`, or `AE@network` to pin it to where it may
+    come from), or a network MLLP connections may come from.
     While a kind has no entry anywhere, every sender of that kind is let in."""
 
     kind = models.CharField(max_length=16)  # "dicom-ae" or "mllp-network"

@@ -41,6 +41,7 @@ from pynetdicom.pdu_primitives import (
 )
 from pynetdicom.presentation import negotiate_as_acceptor
 
+from fhirai.ingest.sources import CALLED_AE_NOT_RECOGNIZED, Refusal
 from fhirai.tls import handshake_failure
 from integrations.dicom import pdu
 
@@ -53,14 +54,25 @@ MAX_ASSOCIATE_RQ = 4 * 1024 * 1024
 
 # A-ASSOCIATE-RJ (result, source, diagnostic), PS3.8 9.3.4; the same as pynetdicom sends.
 REJECT_CALLING_AE = (0x01, 0x01, 0x03)  # permanent, service-user, calling AE title not recognized
+REJECT_CALLED_AE = (0x01, 0x01, 0x07)  # permanent, service-user, called AE title not recognized
 REJECT_LOCAL_LIMIT = (0x02, 0x03, 0x02)  # transient, service-provider (presentation), local limit
 
 # Store handler: (calling AE, called AE, peer, transfer syntax UID, Part 10 bytes) -> (status, error comment)
 StoreFn = Callable[[str, str, str, str, bytes], tuple[int, str]]
 # N-EVENT-REPORT handler (storage commitment reports): (peer, event information) -> status
 EventReportFn = Callable[[str, Dataset], int]
-# Rejection handler: (calling AE, peer address) -> None, called after the A-ASSOCIATE-RJ is sent
-RejectedFn = Callable[[str, str], None]
+# Association check: (calling AE, called AE, peer address) -> None to go on, or why not
+CheckFn = Callable[[str, str, str], Refusal | None]
+# Rejection handler: (calling AE, peer address, why; None: no slot left) -> None, called after the
+# A-ASSOCIATE-RJ is sent
+RejectedFn = Callable[[str, str, Refusal | None], None]
+
+
+def reject_reason(refusal: Refusal) -> tuple[int, int, int]:
+    """The A-ASSOCIATE-RJ (result, source, diagnostic) for a refusal: called AE title not
+    recognized, or calling AE title not recognized for both an unknown title and a known one from
+    the wrong address (the sender learns no more than that its title is not accepted here)."""
+    return REJECT_CALLED_AE if refusal.code == CALLED_AE_NOT_RECOGNIZED else REJECT_CALLING_AE
 
 
 class Slots:
@@ -153,7 +165,7 @@ class Acceptor:
         *,
         store: StoreFn,
         rejected: RejectedFn,
-        calling_allowed: Callable[[], list[str]],
+        check: CheckFn,
         slots: Slots | None = None,
         event_report: EventReportFn | None = None,
         ssl_context: ssl.SSLContext | None = None,
@@ -163,7 +175,7 @@ class Acceptor:
         self.store = store
         self.event_report = event_report
         self.rejected = rejected
-        self.calling_allowed = calling_allowed
+        self.check = check
         self.max_pdu = int(ae.maximum_pdu_size or 0)
         self.slots = slots or Slots(int(ae.maximum_associations))
         self.acse_timeout = float(ae.acse_timeout or 30)
@@ -303,16 +315,13 @@ class Acceptor:
         assoc.called_ae = str(primitive.called_ae_title).strip()
         assoc.peer_max_pdu = int(primitive.maximum_length_received or 0)
 
-        reject: tuple[int, int, int] | None = None
-        allowed = [a.strip() for a in self.calling_allowed()]
-        if allowed and assoc.calling_ae not in allowed:
-            reject = REJECT_CALLING_AE
-        if not has_slot:
-            reject = REJECT_LOCAL_LIMIT
-        if reject is not None:
+        # Out of slots, the check (a database read) is not worth making: the answer is transient.
+        refusal = self.check(assoc.calling_ae, assoc.called_ae, assoc.address[0]) if has_slot else None
+        if refusal is not None or not has_slot:
+            reject = reject_reason(refusal) if refusal is not None else REJECT_LOCAL_LIMIT
             sock.sendall(_reject_pdu(primitive, *reject))
             log.info("DICOM association from %s@%s rejected", assoc.calling_ae, assoc.address[0])
-            self.rejected(assoc.calling_ae, assoc.address[0])
+            self.rejected(assoc.calling_ae, assoc.address[0], refusal)
             return False
 
         roles = {}

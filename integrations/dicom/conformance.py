@@ -19,6 +19,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 )
 
 from fhirai import tls
+from fhirai.ingest.sources import dicom_called_titles
 from integrations.dicom import qr, scu, status
 from integrations.dicom.scp import application_entity
 
@@ -104,6 +105,27 @@ def _security_profiles() -> list[str]:
     ]
 
 
+def _called_ae_policy() -> list[str]:
+    """The called AE title paragraph, which FHIRAI_DICOM_CHECK_CALLED_AE changes."""
+    priors = [
+        f"- Called AE title {settings.FHIRAI_PRIORS_AE} (FHIRAI_PRIORS_AE) takes only instances of a study",
+        "  a prior fetch is moving (else C-STORE status 0124, Refused: Not Authorized).",
+    ]
+    if not settings.FHIRAI_DICOM_CHECK_CALLED_AE:
+        return [
+            "- Called AE title: not checked (FHIRAI_DICOM_CHECK_CALLED_AE is off); any title other than",
+            f"  {settings.FHIRAI_PRIORS_AE} is fhirai's main AE.",
+            *priors,
+        ]
+    titles = dicom_called_titles()
+    return [
+        f"- Called AE title: one of {', '.join(titles)} (FHIRAI_DICOM_CHECK_CALLED_AE); any other is",
+        "  rejected (rejected-permanent, service-user, called AE title not recognized) and the refusal",
+        "  is recorded.",
+        *(priors if settings.FHIRAI_PRIORS_AE in titles else []),
+    ]
+
+
 def conformance_statement() -> str:
     ae = application_entity()
     contexts = ae.supported_contexts
@@ -157,11 +179,11 @@ def conformance_statement() -> str:
         "#### 2.2.2 Association acceptance policy",
         "",
         "- Calling AE title: any, unless an allowed list is set (FHIRAI_DICOM_ALLOW, or the console's",
-        "  Sources); a title not on a non-empty list is rejected (rejected-permanent, service-user,",
-        "  calling AE title not recognized) and the refusal is recorded.",
-        f"- Called AE title: {settings.FHIRAI_PRIORS_AE} (FHIRAI_PRIORS_AE) takes only instances of a study",
-        "  a prior fetch is moving (else C-STORE status 0124, Refused: Not Authorized); any other",
-        "  called title is fhirai's main AE.",
+        "  Sources), whose entries are a title (from any address) or a title bound to an IP address or",
+        "  network (AE@10.20.0.0/24). A title not on a non-empty list, or on it only for other",
+        "  addresses, is rejected (rejected-permanent, service-user, calling AE title not recognized)",
+        "  and the refusal is recorded. The calling title is checked before the called title.",
+        *_called_ae_policy(),
         "- A presentation context is accepted when its abstract syntax is listed below and one of its",
         "  transfer syntaxes is; the SCP takes the first transfer syntax the requester proposes.",
         "- SCP/SCU role selection: SCP for all listed SOP classes; no extended negotiation.",

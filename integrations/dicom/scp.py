@@ -21,9 +21,9 @@ from pynetdicom.sop_class import StorageCommitmentPushModel, Verification  # typ
 from pynetdicom.transport import ThreadedAssociationServer
 
 from fhirai.ingest.receive import input_reject
-from fhirai.ingest.sources import dicom_calling_allowed
+from fhirai.ingest.sources import Refusal, dicom_association_check, dicom_settings_rules
 from fhirai.tls import server_context
-from integrations.dicom.acceptor import Acceptor, Slots, tls_accept
+from integrations.dicom.acceptor import Acceptor, Slots, reject_reason, tls_accept
 from integrations.dicom.handlers import (
     commitment_answer,
     handle_commitment_report,
@@ -33,6 +33,9 @@ from integrations.dicom.handlers import (
 )
 
 log = logging.getLogger(__name__)
+# A refused association is kept under fhirai.ingest.sources' codes, or, when every association
+# slot (FHIRAI_DICOM_MAX_ASSOCIATIONS) was taken, this one.
+TOO_MANY_ASSOCIATIONS = "too-many-associations"
 
 
 def _service_class(uid: str) -> type[ServiceClass]:
@@ -72,30 +75,56 @@ class NoDelayServer(ThreadedAssociationServer):
         super().finish_request(request, client_address)
 
 
-class FhiraiAE(AE):
-    """The calling AE titles allowed are read per association (settings plus the console's rules,
-    fhirai.ingest.sources), so a sender added in the console is let in without a restart. A title
-    not on a non-empty list gets A-ASSOCIATE-RJ (rejected-permanent, service-user, calling AE
-    title not recognized), and the refusal is kept as a rejection."""
-
-    @property  # type: ignore[override]
-    def require_calling_aet(self) -> list[str]:
-        return dicom_calling_allowed()
+def _association_check(calling_ae: str, called_ae: str, address: str) -> Refusal | None:
+    return dicom_association_check(calling_ae=calling_ae, called_ae=called_ae, address=address)
 
 
-def handle_rejected(event: evt.Event) -> None:
-    """Keep a refused association visible (console: Rejected)."""
-    calling = str(event.assoc.requestor.ae_title).strip()
+def rejection_keep(calling_ae: str, address: str, refusal: Refusal | None) -> None:
+    """Keep a refused association visible (console: Rejected at the door), on either engine: why
+    (fhirai.ingest.sources' codes), or, with no refusal, that every association slot was taken."""
+    if refusal is None:
+        refusal = Refusal(
+            TOO_MANY_ASSOCIATIONS,
+            f"association from calling AE {calling_ae!r} refused: FHIRAI_DICOM_MAX_ASSOCIATIONS reached",
+        )
     try:
         input_reject(
             protocol="dicom",
             raw=b"",
-            peer=f"{calling}@{event.assoc.requestor.address}",
-            code="calling-ae-not-allowed",
-            detail=f"association from calling AE {calling!r} refused: not on the allowed list",
+            peer=f"{calling_ae}@{address}",
+            code=refusal.code,
+            detail=refusal.detail,
         )
     except Exception:  # noqa: BLE001 - the refusal stands even when it cannot be recorded
         log.warning("a refused association could not be recorded", exc_info=True)
+
+
+def handle_requested(event: evt.Event) -> None:
+    """pynetdicom engine: decide the association as fhirai's acceptor does, per association (the
+    settings plus the console's rules, so a change needs no restart). Rejecting from EVT_REQUESTED
+    is pynetdicom's own provision; its require_calling_aet cannot see the peer's address, and its
+    require_called_aet knows a single title."""
+    assoc = event.assoc
+    request = assoc.requestor.primitive
+    calling, called = str(request.calling_ae_title).strip(), str(request.called_ae_title).strip()
+    address = str(assoc.requestor.address)
+    try:
+        refusal = _association_check(calling, called, address)
+    except Exception:  # noqa: BLE001 - pynetdicom would log it and go on to accept: fail closed
+        log.exception("DICOM association from %s@%s aborted: it could not be checked", calling, address)
+        assoc.abort()
+        return
+    if refusal is None:
+        return
+    assoc.acse.send_reject(*reject_reason(refusal))
+    log.info("DICOM association from %s@%s rejected", calling, address)
+    rejection_keep(calling, address, refusal)
+    assoc.kill()  # as pynetdicom does after its own A-ASSOCIATE-RJ: stops the association's DUL
+
+
+def handle_rejected(event: evt.Event) -> None:
+    """pynetdicom engine: an association pynetdicom itself refused (no slot left) is kept too."""
+    rejection_keep(str(event.assoc.requestor.ae_title).strip(), str(event.assoc.requestor.address), None)
 
 
 # Retired image and SR storage SOP classes (PS3.6 Table A-1) that older modalities still send and
@@ -148,7 +177,8 @@ def application_entity() -> AE:
     """fhirai's AE: storage SCP for the accepted storage SOP classes in every transfer syntax
     (stored as sent, never transcoded), plus Verification. A SOP class left out is refused at
     association negotiation (abstract syntax not supported), before any data is sent."""
-    ae = FhiraiAE(ae_title=settings.FHIRAI_DICOM_AE)
+    dicom_settings_rules()  # a malformed FHIRAI_DICOM_ALLOW stops the SCP here, as SOP classes do
+    ae = AE(ae_title=settings.FHIRAI_DICOM_AE)
     ae.maximum_associations = settings.FHIRAI_DICOM_MAX_ASSOCIATIONS
     # The largest PDU a sender may send us: pynetdicom's 16 KB default cuts a 512 KB CT slice into
     # 33 PDUs, each a hand-off between pynetdicom's reader and association threads.
@@ -162,20 +192,6 @@ def application_entity() -> AE:
     for uid in storage_sop_classes():
         ae.add_supported_context(uid, ALL_TRANSFER_SYNTAXES)
     return ae
-
-
-def _rejected_keep(calling_ae: str, address: str) -> None:
-    """fhirai's acceptor: keep a refused association visible, as handle_rejected does."""
-    try:
-        input_reject(
-            protocol="dicom",
-            raw=b"",
-            peer=f"{calling_ae}@{address}",
-            code="calling-ae-not-allowed",
-            detail=f"association from calling AE {calling_ae!r} refused: not on the allowed list",
-        )
-    except Exception:  # noqa: BLE001 - the refusal stands even when it cannot be recorded
-        log.warning("a refused association could not be recorded", exc_info=True)
 
 
 def _store(
@@ -251,8 +267,8 @@ def _listener_start(
             address,
             ae,
             store=_store,
-            rejected=_rejected_keep,
-            calling_allowed=dicom_calling_allowed,
+            rejected=rejection_keep,
+            check=_association_check,
             event_report=_event_report,
             slots=slots,
             ssl_context=ssl_context,
@@ -263,6 +279,7 @@ def _listener_start(
         )
         return acceptor
     handlers = [
+        (evt.EVT_REQUESTED, handle_requested),
         (evt.EVT_C_ECHO, handle_echo),
         (evt.EVT_C_STORE, handle_store),
         (evt.EVT_N_EVENT_REPORT, handle_commitment_report),

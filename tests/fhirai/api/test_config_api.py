@@ -105,7 +105,25 @@ def test_allowed_senders_through_the_api(as_role):
         headers=operator.headers,
     )
     assert net.json()["value"] == "10.1.2.0/24"
-    assert [r["kind"] for r in operator.get("/api/sources").json()] == ["dicom-ae", "mllp-network"]
+    pinned = operator.client.post(
+        "/api/sources/dicom-ae",
+        {"value": "PACS@10.20.0.9/24"},
+        content_type="application/json",
+        headers=operator.headers,
+    )
+    assert pinned.status_code == 201 and pinned.json()["value"] == "PACS@10.20.0.0/24"
+    bad = operator.client.post(
+        "/api/sources/dicom-ae",
+        {"value": "PACS@pacs.hospital.org"},
+        content_type="application/json",
+        headers=operator.headers,
+    )
+    assert bad.status_code == 422  # the schema takes an AE title and an IPv4 address or network
+    assert [r["kind"] for r in operator.get("/api/sources").json()] == [
+        "dicom-ae",
+        "dicom-ae",
+        "mllp-network",
+    ]
     gone = operator.client.delete(f"/api/sources/{post.json()['id']}", headers=operator.headers)
     assert gone.status_code == 204
     assert as_role("viewer").get("/api/sources").status_code == 403

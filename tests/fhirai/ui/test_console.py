@@ -367,6 +367,19 @@ def test_allowed_senders_are_checked_and_take_effect_without_a_restart(settings,
     assert AccessEvent.objects.filter(action="config.source").count() == 3
 
 
+def test_a_dicom_sender_can_be_pinned_to_its_network_in_the_console(settings, db):
+    from fhirai.ingest.sources import dicom_calling_allowed
+
+    settings.FHIRAI_DICOM_ALLOW = ["MR_1@10.30.0.0/16"]
+    operator = login("operator")
+    bad = operator.post("/config/sources", {"kind": "dicom-ae", "value": "CT_1@10.20.1.300"}, follow=True)
+    assert "is not an IP address or network" in bad.content.decode()
+    operator.post("/config/sources", {"kind": "dicom-ae", "value": "CT_1@10.20.1.15/32", "note": "CT room 1"})
+    assert dicom_calling_allowed() == ["MR_1@10.30.0.0/16", "CT_1@10.20.1.15"]
+    page = operator.get("/config/").content.decode()
+    assert "CT_1@10.20.1.15" in page and "MR_1@10.30.0.0/16" in page
+
+
 def test_rejected_input_is_listed(db):
     from fhirai.ingest.receive import input_reject
 

@@ -360,7 +360,7 @@ def test_a_silent_connection_is_closed_after_the_artim_timeout(settings):
     ae = application_entity()
     ae.acse_timeout = 0.3
     acceptor = Acceptor(
-        ("127.0.0.1", 0), ae, store=lambda *a: (0, ""), rejected=lambda *a: None, calling_allowed=lambda: []
+        ("127.0.0.1", 0), ae, store=lambda *a: (0, ""), rejected=lambda *a: None, check=lambda *a: None
     )
     threading.Thread(target=acceptor.serve_forever, daemon=True).start()
     try:

@@ -24,6 +24,7 @@ def defaults(settings):
     settings.FHIRAI_DICOM_MAX_ASSOCIATIONS = 16
     settings.FHIRAI_DICOM_MAX_PDU = 262144
     settings.FHIRAI_DICOM_ACCEPT_SOP_CLASSES, settings.FHIRAI_DICOM_REJECT_SOP_CLASSES = [], []
+    settings.FHIRAI_DICOM_CHECK_CALLED_AE = False
     return settings
 
 
@@ -37,6 +38,17 @@ def test_the_published_statement_is_what_the_scp_negotiates(defaults):
         assert str(context.abstract_syntax) in generated
         for syntax in context.transfer_syntax:
             assert str(syntax) in generated
+
+
+def test_the_statement_says_which_called_titles_are_answered(defaults):
+    assert "Called AE title: not checked" in conformance_statement()
+    defaults.FHIRAI_DICOM_CHECK_CALLED_AE = True
+    defaults.FHIRAI_PRIORS_PACS = ""
+    checked = conformance_statement()
+    assert "Called AE title: one of FHIRAI (FHIRAI_DICOM_CHECK_CALLED_AE)" in checked
+    assert "takes only instances of a study" not in checked  # no priors: that title is refused
+    defaults.FHIRAI_PRIORS_PACS = "PACS@10.0.0.2:104"
+    assert "Called AE title: one of FHIRAI, FHIRAI_PRIORS (" in conformance_statement()
 
 
 def test_sop_classes_are_accepted_or_refused_as_configured(defaults):

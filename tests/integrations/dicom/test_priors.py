@@ -167,6 +167,28 @@ def test_the_priors_ae_title_takes_only_a_study_a_fetch_is_moving(pacs, scp, blo
 
 
 @needs_orthanc
+@pytest.mark.parametrize("scp", ["fhirai", "pynetdicom"], indirect=True)
+def test_a_prior_arrives_with_the_called_ae_checked_and_the_pacs_pinned_to_its_address(
+    pacs, scp, settings, blob_dir
+):
+    """The strict association policy a security review asks for still lets a prior in: Orthanc's
+    C-STORE sub-operations call FHIRAI_PRIORS (one of fhirai's titles while priors are configured)
+    as ORTHANC from the address it is pinned to."""
+    from fhirai.ingest.sources import sources_changed
+
+    settings.FHIRAI_DICOM_CHECK_CALLED_AE = True
+    settings.FHIRAI_DICOM_ALLOW = ["ORTHANC@127.0.0.1"]
+    sources_changed()
+    settings.FHIRAI_FHIR_UPSTREAM_URL = ""
+    _change_model()
+    prior_phantom = ct_phantom(emphysema=0.06, seed=2)
+    assert set(_store(pacs["dicom"], _dated(prior_phantom.files[:4], "20250310"))) == {status.SUCCESS}
+    study, job, fetch = _fetched(ct_phantom(emphysema=0.12, seed=1).files, settings)
+    assert fetch.state == "received" and fetch.moved == 4
+    assert not Rejection.objects.exists()
+
+
+@needs_orthanc
 def test_a_patient_without_an_earlier_study_runs_without_one_and_says_so(pacs, settings, blob_dir):
     settings.FHIRAI_FHIR_UPSTREAM_URL = ""
     _change_model()
